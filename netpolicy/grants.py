@@ -1,0 +1,153 @@
+"""Grants: the (device, protocol, ports) triples a session may reach."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv6Address, ip_address
+from typing import Literal, cast
+
+from .errors import PolicyError
+
+Proto = Literal["tcp", "udp"]
+PROTOCOLS: tuple[Proto, ...] = ("tcp", "udp")
+IPAddress = IPv4Address | IPv6Address
+
+_GRANT_SPEC = re.compile(r"^(?P<device>[A-Za-z0-9][A-Za-z0-9_.-]{0,62}):(?P<proto>[a-z]+)/(?P<ports>\S+)$")
+
+
+def parse_proto(text: str) -> Proto:
+    if text not in PROTOCOLS:
+        raise PolicyError(f"protocol must be tcp or udp, not {text!r}")
+    return cast(Proto, text)
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class PortRange:
+    """An inclusive range of transport ports; a single port has first == last."""
+
+    first: int
+    last: int
+
+    def __post_init__(self) -> None:
+        for port in (self.first, self.last):
+            if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+                raise PolicyError(f"port must be an integer from 1 to 65535, not {port!r}")
+        if self.first > self.last:
+            raise PolicyError(f"port range {self.first}-{self.last} is reversed")
+
+    @classmethod
+    def single(cls, port: int) -> PortRange:
+        return cls(port, port)
+
+    @classmethod
+    def parse(cls, text: str) -> PortRange:
+        """Accept ``443`` or ``8000-8010``."""
+        first, sep, last = text.partition("-")
+        try:
+            low = int(first)
+            high = int(last) if sep else low
+        except ValueError:
+            raise PolicyError(f"ports must look like 443 or 8000-8010, not {text!r}") from None
+        return cls(low, high)
+
+    def __contains__(self, port: object) -> bool:
+        return isinstance(port, int) and self.first <= port <= self.last
+
+    def covers(self, other: PortRange) -> bool:
+        return self.first <= other.first and other.last <= self.last
+
+    @property
+    def size(self) -> int:
+        return self.last - self.first + 1
+
+    def __str__(self) -> str:
+        return str(self.first) if self.first == self.last else f"{self.first}-{self.last}"
+
+
+@dataclass(frozen=True, slots=True)
+class GrantSpec:
+    """A grant as a person writes it, naming the device: ``thermostat:tcp/443``."""
+
+    device: str
+    proto: Proto
+    ports: PortRange
+
+    @classmethod
+    def parse(cls, text: str) -> GrantSpec:
+        match = _GRANT_SPEC.match(text.strip())
+        if not match:
+            raise PolicyError(f"grant must look like DEVICE:tcp/PORT[-PORT], not {text!r}")
+        return cls(
+            device=match["device"],
+            proto=parse_proto(match["proto"]),
+            ports=PortRange.parse(match["ports"]),
+        )
+
+    def __str__(self) -> str:
+        return f"{self.device}:{self.proto}/{self.ports}"
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """A resolved grant: what the router enforces. ``device`` is only a label."""
+
+    device_ip: IPAddress
+    proto: Proto
+    ports: PortRange
+    device: str = field(default="", compare=False)
+
+    @property
+    def family(self) -> int:
+        return self.device_ip.version
+
+    def sort_key(self) -> tuple[int, int, str, int, int]:
+        return (self.family, int(self.device_ip), self.proto, self.ports.first, self.ports.last)
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "device": self.device,
+            "device_ip": str(self.device_ip),
+            "proto": self.proto,
+            "ports": str(self.ports),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, object]) -> Grant:
+        try:
+            device_ip = ip_address(str(data["device_ip"]))
+        except (KeyError, ValueError) as exc:
+            raise PolicyError(f"grant needs a valid device_ip: {exc}") from None
+        return cls(
+            device_ip=device_ip,
+            proto=parse_proto(str(data.get("proto", ""))),
+            ports=PortRange.parse(str(data.get("ports", ""))),
+            device=str(data.get("device", "")),
+        )
+
+    def __str__(self) -> str:
+        label = f"{self.device} " if self.device else ""
+        return f"{label}{self.device_ip} {self.proto}/{self.ports}"
+
+
+def merge_grants(grants: tuple[Grant, ...] | list[Grant]) -> tuple[Grant, ...]:
+    """Merge overlapping or adjacent port ranges per (device, proto).
+
+    Interval sets refuse overlapping elements, and two spellings of the same access must
+    compile to the same kernel state.
+    """
+    ordered = sorted(grants, key=Grant.sort_key)
+    merged: list[Grant] = []
+    for grant in ordered:
+        last = merged[-1] if merged else None
+        if (
+            last is not None
+            and last.device_ip == grant.device_ip
+            and last.proto == grant.proto
+            and grant.ports.first <= last.ports.last + 1
+        ):
+            ports = PortRange(last.ports.first, max(last.ports.last, grant.ports.last))
+            merged[-1] = Grant(last.device_ip, last.proto, ports, last.device or grant.device)
+        else:
+            merged.append(grant)
+    return tuple(merged)

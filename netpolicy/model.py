@@ -1,0 +1,240 @@
+"""The desired-state document: the only thing the broker sends the agent.
+
+Versioned like Tailscale's ``tailcfg``: bump ``PROTOCOL_VERSION`` and log the change here
+when the shape changes.
+
+- 1 (2026-11): first version. Lifetimes travel as ``expires_in`` seconds measured on the
+  broker's clock when the document was made, so agent clock skew cannot stretch them.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
+from typing import Any
+
+from .errors import PolicyError
+from .grants import Grant, merge_grants
+from .validation import (
+    HARD_MAX_DURATION_S,
+    parse_address,
+    parse_network,
+    validate_device_ip,
+    validate_lan,
+    validate_public_key,
+)
+
+PROTOCOL_VERSION = 1
+
+
+@dataclass(frozen=True, slots=True)
+class HomeNetwork:
+    """Addresses of one home: its LAN, the router's LAN address, and the tunnel pool."""
+
+    lan: IPv4Network
+    router_ip: IPv4Address
+    tunnel_pool: IPv4Network
+    lan6: IPv6Network | None = None
+    tunnel_pool6: IPv6Network | None = None
+
+    def __post_init__(self) -> None:
+        validate_lan(self.lan)
+        if self.router_ip not in self.lan:
+            raise PolicyError(f"router address {self.router_ip} is not inside the LAN {self.lan}")
+        if self.tunnel_pool.overlaps(self.lan):
+            raise PolicyError(f"tunnel pool {self.tunnel_pool} overlaps the LAN {self.lan}")
+        if self.tunnel_pool.num_addresses < 4:
+            raise PolicyError(f"tunnel pool {self.tunnel_pool} is too small")
+        if self.lan6 is not None:
+            validate_lan(self.lan6)
+        if self.lan6 is not None and self.tunnel_pool6 is not None and self.tunnel_pool6.overlaps(
+            self.lan6
+        ):
+            raise PolicyError(f"tunnel pool {self.tunnel_pool6} overlaps the LAN {self.lan6}")
+
+    def validate_grant(self, grant: Grant) -> Grant:
+        if grant.device_ip.version == 6:
+            if self.lan6 is None:
+                raise PolicyError(f"device address {grant.device_ip} is IPv6 but the home has no IPv6 LAN")
+            validate_device_ip(grant.device_ip, self.lan6, None)
+        else:
+            validate_device_ip(grant.device_ip, self.lan, self.router_ip)
+        return grant
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "lan": str(self.lan),
+            "router_ip": str(self.router_ip),
+            "tunnel_pool": str(self.tunnel_pool),
+            "lan6": str(self.lan6) if self.lan6 else None,
+            "tunnel_pool6": str(self.tunnel_pool6) if self.tunnel_pool6 else None,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> HomeNetwork:
+        lan = parse_network(str(data.get("lan", "")))
+        pool = parse_network(str(data.get("tunnel_pool", "")))
+        router = parse_address(str(data.get("router_ip", "")))
+        lan6 = parse_network(data["lan6"]) if data.get("lan6") else None
+        pool6 = parse_network(data["tunnel_pool6"]) if data.get("tunnel_pool6") else None
+        if not isinstance(lan, IPv4Network) or not isinstance(pool, IPv4Network):
+            raise PolicyError("lan and tunnel_pool must be IPv4 networks")
+        if not isinstance(router, IPv4Address):
+            raise PolicyError("router_ip must be an IPv4 address")
+        if lan6 is not None and not isinstance(lan6, IPv6Network):
+            raise PolicyError("lan6 must be an IPv6 network")
+        if pool6 is not None and not isinstance(pool6, IPv6Network):
+            raise PolicyError("tunnel_pool6 must be an IPv6 network")
+        return cls(lan=lan, router_ip=router, tunnel_pool=pool, lan6=lan6, tunnel_pool6=pool6)
+
+
+@dataclass(frozen=True, slots=True)
+class LiveSession:
+    """One approved session as the router sees it: a peer and the grants behind it."""
+
+    session_id: str
+    public_key: str
+    tunnel_ip: IPv4Address
+    grants: tuple[Grant, ...]
+    expires_in: float
+    preshared_key: str | None = field(default=None, repr=False)
+    tunnel_ip6: IPv6Address | None = None
+
+    def __post_init__(self) -> None:
+        if not self.session_id or len(self.session_id) > 64:
+            raise PolicyError("session id must be 1-64 characters")
+        validate_public_key(self.public_key)
+        if self.preshared_key is not None:
+            validate_public_key(self.preshared_key)
+        if not self.grants:
+            raise PolicyError(f"session {self.session_id} has no grants")
+        if not 0 <= self.expires_in <= HARD_MAX_DURATION_S:
+            raise PolicyError(
+                f"session {self.session_id}: expires_in must be 0..{HARD_MAX_DURATION_S}s"
+            )
+        for grant in self.grants:
+            if grant.device_ip.version == 6 and self.tunnel_ip6 is None:
+                raise PolicyError(
+                    f"session {self.session_id}: IPv6 grant {grant} needs an IPv6 tunnel address"
+                )
+        object.__setattr__(self, "grants", merge_grants(self.grants))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "session_id": self.session_id,
+            "public_key": self.public_key,
+            "preshared_key": self.preshared_key,
+            "tunnel_ip": str(self.tunnel_ip),
+            "tunnel_ip6": str(self.tunnel_ip6) if self.tunnel_ip6 else None,
+            "grants": [grant.to_dict() for grant in self.grants],
+            "expires_in": self.expires_in,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LiveSession:
+        tunnel_ip = parse_address(str(data.get("tunnel_ip", "")))
+        tunnel_ip6 = parse_address(data["tunnel_ip6"]) if data.get("tunnel_ip6") else None
+        if not isinstance(tunnel_ip, IPv4Address):
+            raise PolicyError("tunnel_ip must be an IPv4 address")
+        if tunnel_ip6 is not None and not isinstance(tunnel_ip6, IPv6Address):
+            raise PolicyError("tunnel_ip6 must be an IPv6 address")
+        grants = data.get("grants")
+        if not isinstance(grants, list):
+            raise PolicyError("session grants must be a list")
+        expires_in = data.get("expires_in")
+        if isinstance(expires_in, bool) or not isinstance(expires_in, int | float):
+            raise PolicyError("expires_in must be a number of seconds")
+        return cls(
+            session_id=str(data.get("session_id", "")),
+            public_key=str(data.get("public_key", "")),
+            preshared_key=data.get("preshared_key") or None,
+            tunnel_ip=tunnel_ip,
+            tunnel_ip6=tunnel_ip6,
+            grants=tuple(Grant.from_dict(g) for g in grants),
+            expires_in=float(expires_in),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class DesiredState:
+    """Every live session of one home at one revision."""
+
+    home_id: str
+    revision: int
+    network: HomeNetwork
+    sessions: tuple[LiveSession, ...] = ()
+    version: int = PROTOCOL_VERSION
+
+    def __post_init__(self) -> None:
+        if self.version != PROTOCOL_VERSION:
+            raise PolicyError(f"unsupported desired-state version {self.version}")
+        if self.revision < 0:
+            raise PolicyError("revision must not be negative")
+        seen_ids: set[str] = set()
+        seen_keys: set[str] = set()
+        seen_ips: set[object] = set()
+        for session in self.sessions:
+            for value, seen, what in (
+                (session.session_id, seen_ids, "session id"),
+                (session.public_key, seen_keys, "public key"),
+                (session.tunnel_ip, seen_ips, "tunnel address"),
+            ):
+                if value in seen:
+                    raise PolicyError(f"{what} {value} appears in two sessions")
+                seen.add(value)
+            self._validate_session_addresses(session)
+
+    def _validate_session_addresses(self, session: LiveSession) -> None:
+        pool = self.network.tunnel_pool
+        tip = session.tunnel_ip
+        if tip not in pool or tip in (pool.network_address, pool.broadcast_address):
+            raise PolicyError(f"tunnel address {tip} is not a host of the tunnel pool {pool}")
+        if session.tunnel_ip6 is not None:
+            pool6 = self.network.tunnel_pool6
+            if pool6 is None or session.tunnel_ip6 not in pool6:
+                raise PolicyError(f"tunnel address {session.tunnel_ip6} is not in the IPv6 pool")
+        for grant in session.grants:
+            self.network.validate_grant(grant)
+
+    def session(self, session_id: str) -> LiveSession | None:
+        return next((s for s in self.sessions if s.session_id == session_id), None)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "version": self.version,
+            "home_id": self.home_id,
+            "revision": self.revision,
+            "network": self.network.to_dict(),
+            "sessions": [session.to_dict() for session in self.sessions],
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> DesiredState:
+        if not isinstance(data, dict):
+            raise PolicyError("desired state must be a JSON object")
+        sessions = data.get("sessions", [])
+        network = data.get("network")
+        if not isinstance(sessions, list) or not isinstance(network, dict):
+            raise PolicyError("desired state needs a network object and a sessions list")
+        revision = data.get("revision")
+        if isinstance(revision, bool) or not isinstance(revision, int):
+            raise PolicyError("revision must be an integer")
+        return cls(
+            version=int(data.get("version", PROTOCOL_VERSION)),
+            home_id=str(data.get("home_id", "")),
+            revision=revision,
+            network=HomeNetwork.from_dict(network),
+            sessions=tuple(LiveSession.from_dict(s) for s in sessions),
+        )
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> DesiredState:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise PolicyError(f"desired state is not valid JSON: {exc}") from None
+        return cls.from_dict(data)

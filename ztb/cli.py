@@ -1,0 +1,73 @@
+"""Dispatch ``ztb GROUP ...`` to the group's typer app, importing only that group.
+
+Only the group that runs is imported, so ``ztb agent run`` on a router never loads the
+broker's FastAPI or SQLAlchemy. Every failure leaves as one line on stderr and a non-zero
+exit; ``ZTB_DEBUG=1`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+import traceback
+
+import click
+import typer
+
+# group name -> (module holding ``app``, one-line help)
+GROUPS: dict[str, tuple[str, str]] = {
+    "agent": ("agent.cli", "run the home agent on the router"),
+    "broker": ("broker.cli.server", "run or bootstrap the broker service"),
+    "user": ("broker.cli.users", "manage users and their tokens"),
+    "home": ("broker.cli.homes", "manage homes and agent enrollment"),
+    "device": ("broker.cli.devices", "manage a home's devices"),
+    "session": ("broker.cli.sessions", "request, approve and end access sessions"),
+    "audit": ("broker.cli.audit", "verify and export the audit chain"),
+    "lab": ("lab.cli", "network-namespace lab: up, down, demo"),
+}
+
+
+def _usage() -> str:
+    lines = ["usage: ztb GROUP COMMAND [ARGS]...", "", "groups:"]
+    lines += [f"  {name:<9} {help_}" for name, (_, help_) in GROUPS.items()]
+    lines += ["", "Run 'ztb GROUP --help' for the commands of a group."]
+    return "\n".join(lines)
+
+
+def _fail(message: str, code: int = 1) -> int:
+    first_line = (message.strip().splitlines() or ["failed"])[0]
+    print(f"ztb: error: {first_line}", file=sys.stderr)
+    return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return 0 if args else 2
+    group = args[0]
+    if group not in GROUPS:
+        return _fail(f"unknown command group {group!r} (try: {', '.join(GROUPS)})", 2)
+    module_name, help_ = GROUPS[group]
+    try:
+        app: typer.Typer = importlib.import_module(module_name).app
+        command = typer.main.get_command(app)
+        result = command.main(args=args[1:], prog_name=f"ztb {group}", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        return int(exc.exit_code)
+    except click.exceptions.Abort:
+        return _fail("aborted", 130)
+    except click.ClickException as exc:
+        return _fail(exc.format_message(), exc.exit_code)
+    except KeyboardInterrupt:
+        return _fail("interrupted", 130)
+    except ModuleNotFoundError as exc:
+        if os.environ.get("ZTB_DEBUG"):
+            traceback.print_exc()
+        return _fail(f"'ztb {group}' needs a missing dependency ({exc.name}); install ztb[{group}]")
+    except Exception as exc:  # the contract: never a traceback, one line and non-zero
+        if os.environ.get("ZTB_DEBUG"):
+            traceback.print_exc()
+        return _fail(str(exc) or type(exc).__name__)
+    return result if isinstance(result, int) else 0
