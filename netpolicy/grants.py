@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv6Address, ip_address
-from typing import Literal, cast
+from typing import Literal
 
 from .errors import PolicyError
 
@@ -13,13 +13,15 @@ Proto = Literal["tcp", "udp"]
 PROTOCOLS: tuple[Proto, ...] = ("tcp", "udp")
 IPAddress = IPv4Address | IPv6Address
 
-_GRANT_SPEC = re.compile(r"^(?P<device>[A-Za-z0-9][A-Za-z0-9_.-]{0,62}):(?P<proto>[a-z]+)/(?P<ports>\S+)$")
+_GRANT_SPEC = re.compile(
+    r"^(?P<device>[A-Za-z0-9][A-Za-z0-9_.-]{0,62}):(?P<proto>[a-z]+)/(?P<ports>\S+)$"
+)
 
 
 def parse_proto(text: str) -> Proto:
     if text not in PROTOCOLS:
         raise PolicyError(f"protocol must be tcp or udp, not {text!r}")
-    return cast(Proto, text)
+    return text
 
 
 @dataclass(frozen=True, slots=True, order=True)

@@ -48,15 +48,17 @@ class HomeNetwork:
             raise PolicyError(f"tunnel pool {self.tunnel_pool} is too small")
         if self.lan6 is not None:
             validate_lan(self.lan6)
-        if self.lan6 is not None and self.tunnel_pool6 is not None and self.tunnel_pool6.overlaps(
-            self.lan6
+        if (
+            self.lan6 is not None
+            and self.tunnel_pool6 is not None
+            and self.tunnel_pool6.overlaps(self.lan6)
         ):
             raise PolicyError(f"tunnel pool {self.tunnel_pool6} overlaps the LAN {self.lan6}")
 
     def validate_grant(self, grant: Grant) -> Grant:
         if grant.device_ip.version == 6:
             if self.lan6 is None:
-                raise PolicyError(f"device address {grant.device_ip} is IPv6 but the home has no IPv6 LAN")
+                raise PolicyError(f"device {grant.device_ip} is IPv6 but the home has no IPv6 LAN")
             validate_device_ip(grant.device_ip, self.lan6, None)
         else:
             validate_device_ip(grant.device_ip, self.lan, self.router_ip)
@@ -171,18 +173,16 @@ class DesiredState:
             raise PolicyError(f"unsupported desired-state version {self.version}")
         if self.revision < 0:
             raise PolicyError("revision must not be negative")
-        seen_ids: set[str] = set()
-        seen_keys: set[str] = set()
-        seen_ips: set[object] = set()
+        seen: set[tuple[str, str]] = set()
         for session in self.sessions:
-            for value, seen, what in (
-                (session.session_id, seen_ids, "session id"),
-                (session.public_key, seen_keys, "public key"),
-                (session.tunnel_ip, seen_ips, "tunnel address"),
+            for what, value in (
+                ("session id", session.session_id),
+                ("public key", session.public_key),
+                ("tunnel address", str(session.tunnel_ip)),
             ):
-                if value in seen:
+                if (what, value) in seen:
                     raise PolicyError(f"{what} {value} appears in two sessions")
-                seen.add(value)
+                seen.add((what, value))
             self._validate_session_addresses(session)
 
     def _validate_session_addresses(self, session: LiveSession) -> None:

@@ -81,9 +81,7 @@ def timeout_seconds(remaining: float) -> int:
     return max(0, math.floor(remaining))
 
 
-def desired_elements(
-    state: DesiredState, remaining: Mapping[str, float]
-) -> dict[ElementKey, int]:
+def desired_elements(state: DesiredState, remaining: Mapping[str, float]) -> dict[ElementKey, int]:
     """Elements and their timeouts; ``remaining`` is seconds of life left per session id.
 
     A session missing from ``remaining`` or with less than one second left compiles to

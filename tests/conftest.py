@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -15,7 +16,7 @@ def lab_prerequisites_missing() -> list[str]:
     missing = [tool for tool in LAB_TOOLS if shutil.which(tool) is None]
     if os.geteuid() != 0:
         missing.append("root")
-    if not os.path.exists("/dev/net/tun"):
+    if not Path("/dev/net/tun").exists():
         missing.append("/dev/net/tun")
     return missing
 

@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     group = args[0]
     if group not in GROUPS:
         return _fail(f"unknown command group {group!r} (try: {', '.join(GROUPS)})", 2)
-    module_name, help_ = GROUPS[group]
+    module_name = GROUPS[group][0]
     try:
         app: typer.Typer = importlib.import_module(module_name).app
         command = typer.main.get_command(app)
