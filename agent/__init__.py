@@ -1,0 +1,23 @@
+"""The home agent: reconciles desired state into WireGuard peers and ``table inet ztb``.
+
+Never imports ``broker``; heavy modules (pyroute2, the nftables binding) load only when
+the backend that needs them is chosen.
+"""
+
+from .desired_file import DesiredStateFile, DesiredStateSource
+from .nft_backend import NftBackend, NftError
+from .reconcile import Agent, ApplyResult, InterfaceSpec
+from .wg_backend import PeerState, WireGuardBackend, WireGuardError
+
+__all__ = [
+    "Agent",
+    "ApplyResult",
+    "DesiredStateFile",
+    "DesiredStateSource",
+    "InterfaceSpec",
+    "NftBackend",
+    "NftError",
+    "PeerState",
+    "WireGuardBackend",
+    "WireGuardError",
+]

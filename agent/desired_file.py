@@ -1,0 +1,68 @@
+"""Where desired-state documents come from: a source the run loop polls.
+
+``DesiredStateFile`` watches one JSON file (stat signature, then a content hash) and is
+what ``ztb agent run --desired-state FILE`` uses; a broker long-poll source fits the same
+protocol.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Protocol
+
+from netpolicy import DesiredState, PolicyError
+
+_MAX_BYTES = 64 * 1024 * 1024
+
+
+class DesiredStateSource(Protocol):
+    def poll(self, timeout: float) -> DesiredState | None:
+        """A new document, or None when none arrived within ``timeout`` seconds.
+
+        Raises PolicyError once for each bad document (then returns None until another
+        document arrives); the caller keeps enforcing the last good one.
+        """
+
+
+class DesiredStateFile:
+    def __init__(self, path: Path, sleep: Callable[[float], object] = time.sleep) -> None:
+        self.path = path
+        self._sleep = sleep
+        self._signature: tuple[int, int, int] | None = None
+        self._digest: str | None = None
+
+    def poll(self, timeout: float) -> DesiredState | None:
+        document = self._check()
+        if document is None:
+            self._sleep(timeout)
+            document = self._check()
+        return document
+
+    def _check(self) -> DesiredState | None:
+        try:
+            stat = self.path.stat()
+        except FileNotFoundError:
+            if self._signature == (0, 0, 0):
+                return None
+            self._signature, self._digest = (0, 0, 0), None
+            raise PolicyError(f"desired state file {self.path} does not exist") from None
+        signature = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
+        if signature == self._signature:
+            return None
+        self._signature = signature
+        if stat.st_size > _MAX_BYTES:
+            raise PolicyError(f"desired state file {self.path} is over {_MAX_BYTES} bytes")
+        data = self.path.read_bytes()
+        digest = hashlib.sha256(data).hexdigest()
+        if digest == self._digest:
+            return None
+        self._digest = digest
+        try:
+            return DesiredState.from_json(data)
+        except PolicyError:
+            raise
+        except (TypeError, ValueError, KeyError, AttributeError) as exc:
+            raise PolicyError(f"desired state is malformed: {exc!r}") from None

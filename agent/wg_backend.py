@@ -1,0 +1,84 @@
+"""The WireGuard interface the agent needs, whatever implements it.
+
+Kernel WireGuard (netlink) and wireguard-go (UAPI socket) differ only in how they are
+reached, so reconcile talks to this small protocol; ``wg_select`` picks one at run time.
+A backend is bound to one interface, the only one the agent owns.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+WireGuardChoice = Literal["auto", "kernel", "userspace"]
+KEY_BYTES = 32
+ZERO_KEY_HEX = "00" * KEY_BYTES
+
+
+class WireGuardError(RuntimeError):
+    """The WireGuard device refused a change or cannot be reached."""
+
+
+@dataclass(frozen=True, slots=True)
+class PeerState:
+    """One peer as the device reports it. Observed fields do not take part in equality."""
+
+    public_key: str
+    allowed_ips: tuple[str, ...]
+    preshared_key: str | None = field(default=None, repr=False)
+    last_handshake: float = field(default=0.0, compare=False)
+    rx_bytes: int = field(default=0, compare=False)
+    tx_bytes: int = field(default=0, compare=False)
+
+
+class WireGuardBackend(Protocol):
+    kind: str
+    name: str
+
+    def ensure_interface(
+        self,
+        private_key: str,
+        listen_port: int,
+        addresses: Sequence[str],
+        routes: Sequence[str],
+    ) -> None:
+        """Create or reuse the interface and make key, port, addresses and routes match."""
+
+    def list_peers(self) -> list[PeerState]:
+        """Every peer on the interface; empty when the interface does not exist."""
+
+    def set_peer(
+        self, public_key: str, preshared_key: str | None, allowed_ips: Sequence[str]
+    ) -> None:
+        """Add or update one peer, replacing its allowed-ips; other peers stay untouched."""
+
+    def remove_peer(self, public_key: str) -> None:
+        """Remove one peer; other peers stay untouched."""
+
+    def delete_interface(self) -> bool:
+        """Remove the interface (and the process behind it); False when it was not there."""
+
+
+def key_to_hex(key: str) -> str:
+    """Base64 WireGuard key (the wg tool's form) to the hex form UAPI speaks."""
+    try:
+        raw = base64.b64decode(key, validate=True)
+    except binascii.Error:
+        raise WireGuardError("WireGuard key is not base64") from None
+    if len(raw) != KEY_BYTES:
+        raise WireGuardError("WireGuard key must be 32 bytes")
+    return raw.hex()
+
+
+def key_from_hex(text: str) -> str | None:
+    """Hex key from UAPI to base64; the all-zero key means "none"."""
+    if text == ZERO_KEY_HEX:
+        return None
+    return base64.b64encode(bytes.fromhex(text)).decode()
+
+
+def canonical_ips(allowed_ips: Sequence[str]) -> tuple[str, ...]:
+    return tuple(sorted(set(allowed_ips)))

@@ -1,0 +1,1 @@
+"""The ztb broker: FastAPI service, storage, session lifecycle, audit chain."""

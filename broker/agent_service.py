@@ -1,0 +1,188 @@
+"""What the home agent sees and tells: desired state, reports, enrollment."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from ipaddress import IPv4Address, ip_address
+from typing import Any
+
+from sqlalchemy import select, update
+
+from netpolicy import DesiredState, Grant, LiveSession, validate_public_key
+
+from . import enroll_token
+from .auth import AgentPrincipal
+from .clock import rfc3339
+from .context import UnitOfWork
+from .db.models import LIVE_STATES, AccessSession, Agent, EnrollmentToken, Home
+from .errors import ApiError, denied
+from .ids import digest, new_id, new_secret
+from .sessions_service import emit, home_network
+
+
+def desired_state(uow: UnitOfWork, home: Home) -> DesiredState:
+    """All live sessions of the home, lifetimes measured on the broker's clock now."""
+    rows = uow.db.scalars(
+        select(AccessSession)
+        .where(
+            AccessSession.home_id == home.id,
+            AccessSession.state.in_(LIVE_STATES),
+            AccessSession.expires_at > uow.now,
+        )
+        .order_by(AccessSession.id)
+    )
+    sessions = []
+    for row in rows:
+        assert row.expires_at is not None and row.public_key and row.tunnel_ip
+        tunnel_ip = ip_address(row.tunnel_ip)
+        assert isinstance(tunnel_ip, IPv4Address)
+        sessions.append(
+            LiveSession(
+                session_id=row.id,
+                public_key=row.public_key,
+                preshared_key=row.preshared_key,
+                tunnel_ip=tunnel_ip,
+                grants=tuple(Grant.from_dict(g) for g in row.grants),
+                expires_in=(row.expires_at - uow.now).total_seconds(),
+            )
+        )
+    return DesiredState(
+        home_id=home.id,
+        revision=home.revision,
+        network=home_network(home),
+        sessions=tuple(sessions),
+    )
+
+
+def counter_key(device_ip: str, proto: str, ports: str) -> str:
+    return f"{device_ip} {proto}/{ports}"
+
+
+def record_report(uow: UnitOfWork, agent: AgentPrincipal, report: dict[str, Any]) -> None:
+    """Applied revision makes sessions active; handshakes and counters feed the report."""
+    home = uow.db.get(Home, agent.home_id)
+    row = uow.db.get(Agent, agent.agent_id)
+    assert home is not None and row is not None
+    revision = int(report["revision"])
+    if revision > home.revision:
+        raise ApiError(422, f"revision {revision} is newer than the home's {home.revision}")
+    row.applied_revision = max(row.applied_revision, revision)
+    row.last_seen_at = uow.now
+    ready = uow.db.scalars(
+        select(AccessSession).where(
+            AccessSession.home_id == home.id,
+            AccessSession.state == "approved",
+            AccessSession.approved_revision <= revision,
+            AccessSession.expires_at > uow.now,
+        )
+    ).all()
+    for session in ready:
+        claimed = uow.db.execute(
+            update(AccessSession)
+            .where(AccessSession.id == session.id, AccessSession.state == "approved")
+            .values(state="active", activated_at=uow.now)
+            .execution_options(synchronize_session=False)
+        )
+        if claimed.rowcount == 1:  # type: ignore[attr-defined]
+            uow.db.refresh(session)
+            uow.audit(agent.actor, "session.active", session.id, {"revision": revision})
+            uow.transition("active")
+            emit(uow, home, "session.started", session)
+    sessions = {
+        s.id: s
+        for s in uow.db.scalars(
+            select(AccessSession).where(
+                AccessSession.home_id == home.id, AccessSession.public_key.is_not(None)
+            )
+        )
+    }
+    live_by_key = {s.public_key: s for s in sessions.values() if s.state in LIVE_STATES}
+    for peer in report["peers"]:
+        peer_session = live_by_key.get(peer["public_key"])
+        if peer_session is not None and peer.get("last_handshake"):
+            handshake = datetime.fromtimestamp(float(peer["last_handshake"]), UTC)
+            peer_session.last_handshake = handshake
+    for element in report["elements"]:
+        counted = sessions.get(element["session_id"])
+        if counted is None:
+            continue  # not this home's: an agent reports only about its own home
+        key = counter_key(element["device_ip"], element["proto"], element["ports"])
+        counted.counters = {
+            **counted.counters,
+            key: {"packets": int(element["packets"]), "bytes": int(element["bytes"])},
+        }
+
+
+def mint_agent_credential(uow: UnitOfWork, home: Home, **fields: Any) -> tuple[Agent, str]:
+    token = new_secret("ztba")
+    agent = Agent(
+        id=new_id("agt"),
+        home_id=home.id,
+        token_hash=digest(token),
+        applied_revision=0,
+        created_at=uow.now,
+        **fields,
+    )
+    uow.db.add(agent)
+    uow.db.flush()
+    return agent, token
+
+
+def create_enroll_token(uow: UnitOfWork, home: Home, ttl_s: int, actor: str) -> dict[str, Any]:
+    fingerprint = uow.broker.settings.ca_fingerprint
+    if fingerprint is None:
+        raise ApiError(409, "the broker has no CA yet, so enrollment tokens cannot pin it")
+    try:
+        minted = enroll_token.mint(fingerprint, uow.now, timedelta(seconds=ttl_s))
+    except enroll_token.EnrollTokenError as exc:
+        raise ApiError(422, str(exc)) from None
+    row = EnrollmentToken(
+        id=new_id("enr"),
+        home_id=home.id,
+        token_hash=minted.token_hash,
+        created_at=uow.now,
+        expires_at=minted.expires_at,
+    )
+    uow.db.add(row)
+    uow.db.flush()
+    uow.audit(actor, "agent.enroll_token_created", home.id, {"token_id": row.id})
+    return {"id": row.id, "token": minted.token, "expires_at": rfc3339(minted.expires_at)}
+
+
+def enroll(uow: UnitOfWork, body: dict[str, Any]) -> dict[str, Any]:
+    """Redeem a one-time enrollment token for an agent credential; replays are refused."""
+    try:
+        token_hash = enroll_token.token_hash(body["token"])
+    except enroll_token.EnrollTokenError as exc:
+        raise ApiError(401, str(exc)) from None
+    row = uow.db.scalars(
+        select(EnrollmentToken).where(EnrollmentToken.token_hash == token_hash).with_for_update()
+    ).first()
+    if row is None:
+        raise ApiError(401, "enrollment token is unknown")
+    try:
+        enroll_token.check_redeemable(row.expires_at, row.used_at, uow.now)
+    except enroll_token.EnrollTokenError as exc:
+        raise denied(401, str(exc), "anonymous", "agent.enroll", row.id) from None
+    validate_public_key(body["wg_public_key"])
+    home = uow.db.get(Home, row.home_id)
+    assert home is not None
+    row.used_at = uow.now
+    agent, token = mint_agent_credential(
+        uow,
+        home,
+        wg_public_key=body["wg_public_key"],
+        interface=body["interface"],
+        listen_port=body["listen_port"],
+        endpoint=body["endpoint"],
+    )
+    home.agent_public_key = body["wg_public_key"]
+    home.endpoint = body["endpoint"]
+    uow.audit(f"agent:{agent.id}", "agent.enrolled", home.id, {"token_id": row.id})
+    return {
+        "home_id": home.id,
+        "agent_id": agent.id,
+        "agent_token": token,
+        "certificate_pem": None,
+        "ca_pem": None,
+    }

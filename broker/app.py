@@ -1,0 +1,184 @@
+"""The FastAPI application factory: wiring, error shapes, limits, logs, metrics, lifespan."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import httpx
+from fastapi import FastAPI, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from netpolicy import PolicyError
+
+from . import audit
+from .clock import Clock, system_clock
+from .config import Settings
+from .context import Broker
+from .db.engine import make_engine, migrate, session_factory
+from .errors import ApiError
+from .expiry import run_maintenance
+from .metrics import Metrics
+from .notifier import InProcessNotifier
+from .routes import agent, homes, identity, ops, sessions
+from .routes import audit as audit_routes
+from .webhooks import WebhookSender
+
+log = logging.getLogger("ztb.broker")
+
+
+class BodyLimit:
+    """Refuse request bodies over ``limit`` bytes with 413, counting what actually arrives."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.limit):
+            await self._refuse(send)
+            return
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit:
+                raise _TooLarge
+            return message
+
+        try:
+            await self.app(scope, limited, send)
+        except _TooLarge:
+            await self._refuse(send)
+
+    async def _refuse(self, send: Send) -> None:
+        response = JSONResponse({"detail": f"request body is over {self.limit} bytes"}, 413)
+        await response({"type": "http"}, _no_receive, send)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+async def _no_receive() -> Message:
+    return {"type": "http.disconnect"}
+
+
+def _flatten(exc: RequestValidationError) -> str:
+    """FastAPI's list of validation errors as one readable sentence."""
+    parts = []
+    for error in exc.errors()[:3]:
+        where = ".".join(str(p) for p in error.get("loc", ()) if p != "body")
+        parts.append(f"{where or 'body'}: {error.get('msg', 'invalid')}")
+    return "invalid request: " + "; ".join(parts)
+
+
+def _install_error_handlers(app: FastAPI, broker: Broker) -> None:
+    @app.exception_handler(ApiError)
+    async def api_error(_: Request, exc: ApiError) -> JSONResponse:
+        if exc.denial is not None:
+            await run_in_threadpool(broker.record_denial, exc.denial)
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        return JSONResponse({"detail": exc.detail}, exc.status, headers=headers)
+
+    @app.exception_handler(PolicyError)
+    async def policy_error(_: Request, exc: PolicyError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, 422)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"detail": _flatten(exc)}, 422)
+
+
+def _install_access_log(app: FastAPI, metrics: Metrics) -> None:
+    @app.middleware("http")
+    async def access_log(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        started = time.perf_counter()
+        response = await call_next(request)
+        elapsed = time.perf_counter() - started
+        route = getattr(request.scope.get("route"), "path", "unmatched")
+        metrics.requests.labels(request.method, route, str(response.status_code)).inc()
+        metrics.latency.labels(route).observe(elapsed)
+        log.info(
+            "request",
+            extra={
+                "method": request.method,
+                "route": route,
+                "status": response.status_code,
+                "ms": round(elapsed * 1000, 2),
+            },
+        )
+        return response
+
+
+async def _maintenance_loop(broker: Broker) -> None:
+    while True:
+        await asyncio.sleep(broker.settings.maintenance_interval_s)
+        try:
+            await run_in_threadpool(run_maintenance, broker)
+        except Exception:
+            log.exception("maintenance pass failed")
+
+
+def create_app(
+    settings: Settings,
+    *,
+    clock: Clock = system_clock,
+    webhook_transport: httpx.BaseTransport | None = None,
+) -> FastAPI:
+    """A ready broker: schema migrated, signing key loaded. The periodic expiry and
+    checkpoint job runs while the ASGI lifespan is up (``serve``); tests call
+    ``run_maintenance(app.state.broker)`` themselves."""
+    settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    engine = make_engine(settings.database_url)
+    migrate(engine)
+    metrics = Metrics()
+    broker = Broker(
+        settings=settings,
+        engine=engine,
+        sessionmaker=session_factory(engine),
+        clock=clock,
+        notifier=InProcessNotifier(),
+        webhooks=WebhookSender(
+            metrics,
+            attempts=settings.webhook_attempts,
+            backoff_s=settings.webhook_backoff_s,
+            transport=webhook_transport,
+        ),
+        signer=audit.Signer.load_or_create(settings.signing_key_path),
+        metrics=metrics,
+    )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        task = asyncio.create_task(_maintenance_loop(broker))
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            broker.webhooks.close()
+            engine.dispose()
+
+    app = FastAPI(title="ztb broker", version="1", lifespan=lifespan)
+    app.state.broker = broker
+    for module in (identity, homes, sessions, agent, audit_routes, ops):
+        app.include_router(module.router)
+    _install_error_handlers(app, broker)
+    _install_access_log(app, metrics)
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    return app

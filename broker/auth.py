@@ -1,0 +1,140 @@
+"""Who is calling: API tokens for people and scripts, agent credentials, passwords, TOTP.
+
+``current_user`` and ``current_agent`` are the only places a request's identity is decided;
+the agent one is where client-certificate identity plugs in. Both use their own short
+transaction, so nothing holds a database lock while a long-poll waits.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import os
+from dataclasses import dataclass
+from datetime import datetime
+
+import pyotp
+from fastapi import Request
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from .context import Broker
+from .db.models import Agent, ApiToken, User
+from .errors import ApiError
+from .ids import digest
+
+_SCRYPT = {"n": 2**14, "r": 8, "p": 1}
+TOTP_STEP_S = 30
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """A signed-in person, detached from any database session."""
+
+    id: str
+    email: str
+    role: str
+
+    @property
+    def actor(self) -> str:
+        return f"user:{self.id}"
+
+    @property
+    def identities(self) -> tuple[str, str]:
+        """What a home policy may name a technician by."""
+        return (self.id, self.email)
+
+
+@dataclass(frozen=True, slots=True)
+class AgentPrincipal:
+    agent_id: str
+    home_id: str
+
+    @property
+    def actor(self) -> str:
+        return f"agent:{self.agent_id}"
+
+
+def hash_password(password: str) -> str:
+    salt = os.urandom(16)
+    key = hashlib.scrypt(password.encode(), salt=salt, dklen=32, **_SCRYPT)
+    return "scrypt${n}${r}${p}${salt}${key}".format(
+        **_SCRYPT, salt=base64.b64encode(salt).decode(), key=base64.b64encode(key).decode()
+    )
+
+
+_DUMMY_HASH = hash_password(os.urandom(16).hex())
+
+
+def check_password(password: str, stored: str | None) -> bool:
+    """Constant work whether or not the user has a password, so timing reveals nothing."""
+    scheme, n, r, p, salt, key = (stored or _DUMMY_HASH).split("$")
+    if scheme != "scrypt":
+        return False
+    derived = hashlib.scrypt(
+        password.encode(), salt=base64.b64decode(salt), n=int(n), r=int(r), p=int(p), dklen=32
+    )
+    return stored is not None and hmac.compare_digest(derived, base64.b64decode(key))
+
+
+def accept_totp(user: User, code: str | None, now: datetime) -> bool:
+    """A current code (±1 step for clock drift), each step usable once: no replays."""
+    if not user.totp_secret or not code:
+        return False
+    totp = pyotp.TOTP(user.totp_secret)
+    current = int(now.timestamp()) // TOTP_STEP_S
+    for step in (current - 1, current, current + 1):
+        if step > user.totp_last_step and hmac.compare_digest(totp.at(step * TOTP_STEP_S), code):
+            user.totp_last_step = step
+            return True
+    return False
+
+
+def bearer(request: Request) -> str:
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise ApiError(401, "missing bearer token (Authorization: Bearer TOKEN)")
+    return token.strip()
+
+
+def broker_of(request: Request) -> Broker:
+    broker: Broker = request.app.state.broker
+    return broker
+
+
+def lookup_user(db: Session, token: str, now: datetime) -> User | None:
+    row = db.execute(
+        select(User, ApiToken)
+        .join(ApiToken, ApiToken.user_id == User.id)
+        .where(ApiToken.token_hash == digest(token))
+    ).first()
+    if row is None:
+        return None
+    user, api_token = row
+    if api_token.revoked_at is not None:
+        return None
+    if api_token.expires_at is not None and api_token.expires_at <= now:
+        return None
+    return user
+
+
+def current_user(request: Request) -> Principal:
+    broker = broker_of(request)
+    token = bearer(request)
+    with broker.sessionmaker() as db, db.begin():
+        user = lookup_user(db, token, broker.clock())
+        if user is None:
+            raise ApiError(401, "token is unknown, expired or revoked")
+        return Principal(id=user.id, email=user.email, role=user.role)
+
+
+def current_agent(request: Request) -> AgentPrincipal:
+    """The calling agent. Today a per-agent bearer token; with mTLS, the client certificate."""
+    broker = broker_of(request)
+    token = bearer(request)
+    with broker.sessionmaker() as db, db.begin():
+        agent = db.scalars(select(Agent).where(Agent.token_hash == digest(token))).first()
+        if agent is None or agent.revoked_at is not None:
+            raise ApiError(401, "agent credential is unknown or revoked")
+        return AgentPrincipal(agent_id=agent.id, home_id=agent.home_id)

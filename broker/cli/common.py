@@ -1,0 +1,141 @@
+"""Options and output shared by the client command groups (user, home, device, session, audit).
+
+These groups run on a technician's laptop with only typer and httpx installed, so this
+module imports nothing heavier than the pure ``netpolicy`` core and ``broker.client``.
+Output is short aligned text by default and exactly one JSON object with ``--json``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from broker.client import BrokerClient
+from netpolicy import HARD_MAX_DURATION_S, GrantSpec, PolicyError, parse_duration
+
+BrokerOption = Annotated[
+    str | None,
+    typer.Option(
+        "--broker",
+        envvar="ZTB_BROKER",
+        help="Broker URL, e.g. https://broker.example:8443.",
+        show_default=False,
+    ),
+]
+TokenOption = Annotated[
+    str | None,
+    typer.Option("--token", envvar="ZTB_TOKEN", help="API token.", show_default=False),
+]
+CaCertOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--ca-cert",
+        envvar="ZTB_CA_CERT",
+        help="Broker CA certificate to trust (default: the system trust store).",
+        dir_okay=False,
+        show_default=False,
+    ),
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object.")]
+
+
+def connect(
+    broker: str | None, token: str | None, ca_cert: Path | None, *, need_token: bool = True
+) -> BrokerClient:
+    """A client for the chosen broker, or a one-line error naming the missing setting."""
+    if not broker:
+        raise typer.BadParameter("no broker URL: pass --broker or set ZTB_BROKER")
+    if need_token and not token:
+        raise typer.BadParameter("no API token: pass --token or set ZTB_TOKEN")
+    return BrokerClient(broker, token, ca_cert=ca_cert)
+
+
+# -- input ---------------------------------------------------------------------------------
+
+
+def duration_seconds(text: str, option: str) -> int:
+    """Seconds from ``30m``-style text, checked here so a typo never reaches the broker."""
+    try:
+        seconds = parse_duration(text)
+    except PolicyError as exc:
+        raise typer.BadParameter(str(exc), param_hint=option) from None
+    if not 0 < seconds <= HARD_MAX_DURATION_S:
+        raise typer.BadParameter(
+            f"must be between 1s and {HARD_MAX_DURATION_S // 3600}h, not {text!r}",
+            param_hint=option,
+        )
+    return seconds
+
+
+def grant_texts(texts: Sequence[str], option: str = "--grant") -> list[str]:
+    """Grants in their canonical spelling, after checking each one's syntax locally."""
+    if not texts:
+        raise typer.BadParameter("give at least one DEVICE:PROTO/PORT[-PORT]", param_hint=option)
+    try:
+        return [str(GrantSpec.parse(text)) for text in texts]
+    except PolicyError as exc:
+        raise typer.BadParameter(str(exc), param_hint=option) from None
+
+
+# -- output --------------------------------------------------------------------------------
+
+
+def print_json(data: Any) -> None:
+    typer.echo(json.dumps(data, separators=(",", ":"), default=str))
+
+
+def emit(as_json: bool, data: Any, text: str) -> None:
+    """Print ``data`` as JSON or ``text`` for a person."""
+    if as_json:
+        print_json(data)
+    elif text:
+        typer.echo(text)
+
+
+def emit_created(as_json: bool, data: dict[str, Any], value: str, note: str) -> None:
+    """Creating commands print the new id or token alone on stdout, so ``$(ztb ...)`` works.
+
+    The sentence for a person goes to stderr; with ``--json`` the whole object goes to stdout.
+    """
+    if as_json:
+        print_json(data)
+        return
+    typer.echo(note, err=True)
+    typer.echo(value)
+
+
+def table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+    """Left-aligned columns separated by two spaces; headers in capitals."""
+    lines = [[h.upper() for h in headers], *([str(cell) for cell in row] for row in rows)]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(headers))]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip()
+        for line in lines
+    )
+
+
+def fields(pairs: Iterable[tuple[str, object]]) -> str:
+    """``label  value`` lines with aligned values, skipping empty values."""
+    shown = [(label, str(value)) for label, value in pairs if value not in (None, "", [])]
+    width = max((len(label) for label, _ in shown), default=0)
+    return "\n".join(f"{label.ljust(width)}  {value}" for label, value in shown)
+
+
+def clock(timestamp: object, now: datetime | None = None) -> str:
+    """``14:32 UTC`` for today, ``2026-11-23 14:32 UTC`` otherwise; '-' when unset."""
+    if not timestamp:
+        return "-"
+    try:
+        moment = datetime.fromisoformat(str(timestamp))
+    except ValueError:
+        return str(timestamp)
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    moment = moment.astimezone(UTC)
+    today = (now or datetime.now(UTC)).astimezone(UTC).date()
+    return moment.strftime("%H:%M UTC" if moment.date() == today else "%Y-%m-%d %H:%M UTC")

@@ -1,0 +1,207 @@
+"""``ztb home ...``: homes, their approval policy and agent enrollment tokens."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+import typer
+
+from broker.cli.common import (
+    BrokerOption,
+    CaCertOption,
+    JsonOption,
+    TokenOption,
+    clock,
+    connect,
+    duration_seconds,
+    emit,
+    emit_created,
+    fields,
+    table,
+)
+from netpolicy import PolicyError, format_duration, validate_lan
+from netpolicy.validation import parse_address, parse_network
+
+app = typer.Typer(
+    no_args_is_help=True, add_completion=False, help="Manage homes and agent enrollment."
+)
+
+HomeArgument = Annotated[str, typer.Argument(help="Home id or name.")]
+
+
+def _checked(kind: str, text: str | None, option: str) -> str | None:
+    """Catch a malformed address or network before the broker sees it."""
+    if text is None:
+        return None
+    try:
+        if kind == "lan":
+            validate_lan(parse_network(text))
+        elif kind == "network":
+            parse_network(text)
+        else:
+            parse_address(text)
+    except PolicyError as exc:
+        raise typer.BadParameter(str(exc), param_hint=option) from None
+    return text
+
+
+@app.command("create")
+def create_home(
+    name: str,
+    owner: Annotated[str, typer.Option("--owner", help="Homeowner's email or id.")],
+    lan: Annotated[str, typer.Option("--lan", help="Home LAN, e.g. 192.168.1.0/24.")],
+    router_ip: Annotated[str | None, typer.Option("--router-ip", help="Router's LAN IP.")] = None,
+    tunnel_pool: Annotated[
+        str | None, typer.Option("--tunnel-pool", help="CIDR for technicians' tunnel IPs.")
+    ] = None,
+    endpoint: Annotated[
+        str | None, typer.Option("--endpoint", help="Router's public WireGuard HOST:PORT.")
+    ] = None,
+    webhook: Annotated[
+        str | None, typer.Option("--webhook", help="URL notified about new requests.")
+    ] = None,
+    broker: BrokerOption = None,
+    token: TokenOption = None,
+    ca_cert: CaCertOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Create a home and print its id."""
+    body: dict[str, Any] = {
+        "name": name,
+        "owner": owner,
+        "lan": _checked("lan", lan, "--lan"),
+        "router_ip": _checked("address", router_ip, "--router-ip"),
+        "tunnel_pool": _checked("network", tunnel_pool, "--tunnel-pool"),
+        "endpoint": endpoint,
+        "webhook_url": webhook,
+    }
+    with connect(broker, token, ca_cert) as client:
+        home = client.create_home({k: v for k, v in body.items() if v is not None})
+    emit_created(
+        as_json,
+        home,
+        str(home.get("id")),
+        f"created home {home.get('name')}  lan {home.get('lan')}  "
+        f"tunnel pool {home.get('tunnel_pool')}",
+    )
+
+
+@app.command("list")
+def list_homes(
+    broker: BrokerOption = None,
+    token: TokenOption = None,
+    ca_cert: CaCertOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """List the homes you can see."""
+    with connect(broker, token, ca_cert) as client:
+        homes = client.list_homes()
+    rows = [
+        (str(h.get("id")), str(h.get("name")), str(h.get("lan")), str(h.get("endpoint") or "-"))
+        for h in homes
+    ]
+    emit(as_json, {"homes": homes}, table(("id", "name", "lan", "endpoint"), rows))
+
+
+def _agents_text(agents: list[Any]) -> str:
+    rows = [
+        (
+            str(agent.get("id", "-")),
+            str(agent.get("interface") or "-"),
+            clock(agent.get("last_seen_at")),
+            clock(agent.get("cert_not_after")),
+        )
+        for agent in agents
+        if isinstance(agent, dict)
+    ]
+    return table(("agent", "interface", "last seen", "certificate expires"), rows)
+
+
+@app.command("show")
+def show_home(
+    home: HomeArgument,
+    broker: BrokerOption = None,
+    token: TokenOption = None,
+    ca_cert: CaCertOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Show a home, its policy and its agents' certificate expiry."""
+    with connect(broker, token, ca_cert) as client:
+        found = client.get_home(home)
+    text = fields(
+        [
+            ("home", f"{found.get('id')}  {found.get('name')}"),
+            ("owner", found.get("owner_id")),
+            ("lan", found.get("lan")),
+            ("router", found.get("router_ip")),
+            ("tunnel pool", found.get("tunnel_pool")),
+            ("endpoint", found.get("endpoint") or "not set (agent not enrolled)"),
+            ("agent key", found.get("agent_public_key")),
+            ("revision", found.get("revision")),
+            ("policy", json.dumps(found.get("policy"), sort_keys=True)),
+        ]
+    )
+    agents = found.get("agents") or []
+    if agents:
+        text += "\n\n" + _agents_text(agents)
+    emit(as_json, found, text)
+
+
+@app.command("enroll-token")
+def enroll_token(
+    home: HomeArgument,
+    ttl: Annotated[str, typer.Option("--ttl", help="How long the token stays valid.")] = "15m",
+    broker: BrokerOption = None,
+    token: TokenOption = None,
+    ca_cert: CaCertOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Print a one-time enrollment token for the home's agent."""
+    ttl_s = duration_seconds(ttl, "--ttl")
+    with connect(broker, token, ca_cert) as client:
+        issued = client.create_enroll_token(home, ttl_s)
+    emit_created(
+        as_json,
+        issued,
+        str(issued.get("token")),
+        f"one-time enrollment token for {home}, valid until {clock(issued.get('expires_at'))}:",
+    )
+
+
+@app.command("policy")
+def set_policy(
+    home: HomeArgument,
+    max_duration: Annotated[
+        str | None, typer.Option("--max-duration", help="Longest session, e.g. 1h.")
+    ] = None,
+    require_totp: Annotated[
+        bool | None,
+        typer.Option("--require-totp/--no-require-totp", help="Approvals need a TOTP code."),
+    ] = None,
+    broker: BrokerOption = None,
+    token: TokenOption = None,
+    ca_cert: CaCertOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Show the home's policy, or change the parts given as options."""
+    max_duration_s = duration_seconds(max_duration, "--max-duration") if max_duration else None
+    with connect(broker, token, ca_cert) as client:
+        found = client.get_home(home)
+        policy: dict[str, Any] = dict(found.get("policy") or {})
+        if max_duration_s is not None:
+            policy["max_duration_s"] = max_duration_s
+            policy = client.set_policy(home, policy)
+        if require_totp is not None:
+            found = client.update_home(home, {"require_totp_for_approval": require_totp})
+    totp = found.get("require_totp_for_approval")
+    cap = policy.get("max_duration_s")
+    text = fields(
+        [
+            ("home", f"{found.get('id')}  {found.get('name')}"),
+            ("max duration", format_duration(cap) if isinstance(cap, int) else None),
+            ("require totp", None if totp is None else ("yes" if totp else "no")),
+            ("policy", json.dumps(policy, sort_keys=True)),
+        ]
+    )
+    emit(as_json, {"id": found.get("id"), "policy": policy, "require_totp": totp}, text)

@@ -1,0 +1,473 @@
+"""``ztb session ...``: request, approve and end access sessions; fetch the tunnel config.
+
+The technician's WireGuard key pair is made here, on the technician's machine: only the
+public key goes to the broker, the private key waits in ``~/.config/ztb/keys/ID.key``
+(mode 0600) until ``ztb session config`` puts it into the wg-quick file.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import re
+import secrets
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from broker.cli.common import (
+    BrokerOption,
+    CaCertOption,
+    JsonOption,
+    TokenOption,
+    clock,
+    connect,
+    duration_seconds,
+    emit,
+    emit_created,
+    fields,
+    grant_texts,
+    print_json,
+    table,
+)
+from netpolicy import Grant, PolicyError, format_duration, validate_public_key
+
+app = typer.Typer(
+    no_args_is_help=True, add_completion=False, help="Request, approve and end access sessions."
+)
+
+SessionArgument = Annotated[str, typer.Argument(help="Session id, e.g. ses_3k9f...")]
+GrantOption = Annotated[
+    list[str] | None,
+    typer.Option("--grant", help="DEVICE:PROTO/PORT[-PORT], e.g. thermostat:tcp/443 (repeat)."),
+]
+ReasonOption = Annotated[str | None, typer.Option("--reason", help="Why, for the record.")]
+
+PRIVATE_KEY_PLACEHOLDER = "PrivateKey = <your private key>"
+_SAFE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+# -- the technician's key pair -------------------------------------------------------------
+
+
+def keys_dir() -> Path:
+    """``$ZTB_HOME/keys``, else ``$XDG_CONFIG_HOME/ztb/keys``, else ``~/.config/ztb/keys``."""
+    if home := os.environ.get("ZTB_HOME"):
+        return Path(home) / "keys"
+    config = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(config) / "ztb" / "keys"
+
+
+def key_path(session_id: str) -> Path:
+    if not _SAFE_ID.match(session_id):
+        raise ValueError(f"unexpected session id {session_id!r}")
+    return keys_dir() / f"{session_id}.key"
+
+
+def write_secret(path: Path, text: str) -> None:
+    """Write ``text`` readable by the owner only, also when ``path`` already existed."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as file:
+        os.fchmod(fd, 0o600)
+        file.write(text)
+
+
+def _b64(raw: bytes) -> str:
+    return base64.b64encode(raw).decode()
+
+
+def key_pair(private_key: str | None = None) -> tuple[str, str]:
+    """``(private, public)`` in wg's base64; a fresh private key unless one is given.
+
+    Uses ``cryptography`` when present, else the pure-Python X25519 of ``wireguard_tools``;
+    both are optional so that the bare CLI stays small.
+    """
+    try:
+        from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+    except ImportError:
+        try:
+            from wireguard_tools.wireguard_key import WireguardKey
+        except ImportError:
+            raise RuntimeError(
+                "making a WireGuard key needs the 'cryptography' package "
+                "(pip install cryptography), or pass --no-local-key"
+            ) from None
+        wg_key = WireguardKey(private_key) if private_key else WireguardKey.generate()
+        return str(wg_key), str(wg_key.public_key())
+    key = (
+        X25519PrivateKey.from_private_bytes(base64.b64decode(private_key))
+        if private_key
+        else X25519PrivateKey.generate()
+    )
+    return _b64(key.private_bytes_raw()), _b64(key.public_key().public_bytes_raw())
+
+
+def _read_key_file(path: Path) -> str:
+    try:
+        text = path.read_text().strip()
+    except OSError as exc:
+        raise typer.BadParameter(
+            f"cannot read {path}: {exc.strerror}", param_hint="--key-file"
+        ) from None
+    try:
+        return validate_public_key(text)  # a private key has the same 32-byte base64 shape
+    except PolicyError as exc:
+        raise typer.BadParameter(f"{path}: {exc}", param_hint="--key-file") from None
+
+
+def fill_private_key(config: str, session_id: str) -> str:
+    """Put the locally kept private key into the broker's placeholder line, if it has one."""
+    lines = config.splitlines(keepends=True)
+    spots = [i for i, line in enumerate(lines) if line.strip() == PRIVATE_KEY_PLACEHOLDER]
+    if not spots:
+        return config
+    path = key_path(session_id)
+    try:
+        private_key = path.read_text().strip()
+    except FileNotFoundError:
+        raise RuntimeError(
+            f"the private key of {session_id} is not on this machine (looked for {path}); "
+            "fetch the config where the session was requested"
+        ) from None
+    for i in spots:
+        lines[i] = f"PrivateKey = {private_key}\n"
+    return "".join(lines)
+
+
+# -- how sessions read ---------------------------------------------------------------------
+
+
+def grant_text(grant: object) -> str:
+    if isinstance(grant, dict):
+        try:
+            return str(Grant.from_dict(grant))
+        except PolicyError:
+            return " ".join(str(v) for v in grant.values())
+    return str(grant)
+
+
+def grants_text(grants: object) -> str:
+    return ", ".join(grant_text(g) for g in grants) if isinstance(grants, list) else "-"
+
+
+def state_text(session: dict[str, Any]) -> str:
+    state = str(session.get("state", "?"))
+    reason = session.get("end_reason")
+    return f"{state} ({reason})" if state == "ended" and reason else state
+
+
+def when_text(session: dict[str, Any]) -> str:
+    state = session.get("state")
+    if state == "requested":
+        duration = session.get("duration_s")
+        return f"for {format_duration(duration)}" if isinstance(duration, int) else ""
+    if state == "ended":
+        return f"ended {clock(session.get('ended_at'))}"
+    return f"expires {clock(session.get('expires_at'))}"
+
+
+def describe(session: dict[str, Any]) -> str:
+    """``session ses_x  approved  thermostat 192.168.1.20 tcp/443  expires 14:32 UTC``."""
+    parts = [
+        f"session {session.get('id')}",
+        state_text(session),
+        grants_text(session.get("grants")),
+        when_text(session),
+    ]
+    if session.get("pending_grants"):
+        parts.append(f"pending {grants_text(session.get('pending_grants'))}")
+    return "  ".join(part for part in parts if part)
+
+
+def _size(count: object) -> str:
+    if not isinstance(count, int):
+        return "-"
+    value = float(count)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{count} B" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return str(count)
+
+
+# -- commands ------------------------------------------------------------------------------
+
+
+@app.command("request")
+def request_session(
+    home: Annotated[str, typer.Option("--home", help="Home id or name.")],
+    duration: Annotated[str, typer.Option("--duration", help="How long, e.g. 30m.")],
+    reason: Annotated[str, typer.Option("--reason", help="What the work is, for the owner.")],
+    grant: GrantOption = None,
+    key_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--key-file", help="Use this WireGuard private key file (wg genkey).", dir_okay=False
+        ),
+    ] = None,
+    no_local_key: Annotated[
+        bool, typer.Option("--no-local-key", help="Let the broker make the key pair instead.")
+    ] = False,
+    broker: BrokerOption = None,
+    token: TokenOption = None,
+    ca_cert: CaCertOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Ask a homeowner for access to some devices; prints the session id."""
+    grants = grant_texts(grant or [])
+    duration_s = duration_seconds(duration, "--duration")
+    if key_file is not None and no_local_key:
+        raise typer.BadParameter("--key-file and --no-local-key exclude each other")
+    if not reason.strip():
+        raise typer.BadParameter("say what the work is", param_hint="--reason")
+    public_key: str | None = None
+    pending: Path | None = None
+    if not no_local_key:
+        private_key, public_key = key_pair(_read_key_file(key_file) if key_file else None)
+        pending = keys_dir() / f"pending-{secrets.token_hex(8)}.key"
+        write_secret(pending, private_key + "\n")
+    try:
+        with connect(broker, token, ca_cert) as client:
+            session = client.request_session(home, grants, duration_s, reason, public_key)
+        session_id = str(session.get("id"))
+        if pending is not None:
+            pending.replace(key_path(session_id))
+    finally:
+        if pending is not None:
+            pending.unlink(missing_ok=True)  # only left when the request failed
+    note = describe(session)
+    if pending is not None:
+        note += f"\nprivate key kept in {key_path(session_id)}"
+        session["private_key_file"] = str(key_path(session_id))
+    emit_created(as_json, session, session_id, note)
+
+
+@app.command("approve")
+def approve_session(
+    session_id: SessionArgument,
+    duration: Annotated[
+        str | None, typer.Option("--duration", help="Shorter than requested, e.g. 20m.")
+    ] = None,
+    totp: Annotated[str | None, typer.Option("--totp", help="Current TOTP code.")] = None,
+    broker: BrokerOption = None,
+    token: TokenOption = None,
+    ca_cert: CaCertOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Approve a requested session (or its pending extra grants)."""
+    duration_s = duration_seconds(duration, "--duration") if duration else None
+    with connect(broker, token, ca_cert) as client:
+        session = client.approve_session(session_id, duration_s, totp)
+    emit(as_json, session, describe(session))
+
+
+@app.command("deny")
+def deny_session(
+    session_id: SessionArgument,
+    reason: ReasonOption = None,
+    broker: BrokerOption = None,
+    token: TokenOption = None,
+    ca_cert: CaCertOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Refuse a requested session."""
+    with connect(broker, token, ca_cert) as client:
+        session = client.deny_session(session_id, reason)
+    emit(as_json, session, describe(session))
+
+
+@app.command("revoke")
+def revoke_session(
+    session_id: SessionArgument,
+    reason: ReasonOption = None,
+    broker: BrokerOption = None,
+    token: TokenOption = None,
+    ca_cert: CaCertOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """End a live session now: the router drops the peer and its rules."""
+    with connect(broker, token, ca_cert) as client:
+        session = client.revoke_session(session_id, reason)
+    emit(as_json, session, describe(session))
+
+
+@app.command("cancel")
+def cancel_session(
+    session_id: SessionArgument,
+    broker: BrokerOption = None,
+    token: TokenOption = None,
+    ca_cert: CaCertOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Withdraw your own request before it is approved."""
+    with connect(broker, token, ca_cert) as client:
+        session = client.cancel_session(session_id)
+    emit(as_json, session, describe(session))
+
+
+@app.command("add-grant")
+def add_grant(
+    session_id: SessionArgument,
+    grant: GrantOption = None,
+    broker: BrokerOption = None,
+    token: TokenOption = None,
+    ca_cert: CaCertOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Ask for more devices or ports in a live session; the owner approves them again."""
+    grants = grant_texts(grant or [])
+    with connect(broker, token, ca_cert) as client:
+        session = client.add_grants(session_id, grants)
+    emit(as_json, session, describe(session))
+
+
+@app.command("show")
+def show_session(
+    session_id: SessionArgument,
+    broker: BrokerOption = None,
+    token: TokenOption = None,
+    ca_cert: CaCertOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Show one session."""
+    with connect(broker, token, ca_cert) as client:
+        session = client.get_session(session_id)
+    duration = session.get("duration_s")
+    approved = clock(session.get("approved_at")) if session.get("approved_at") else None
+    text = fields(
+        [
+            ("session", session.get("id")),
+            ("state", state_text(session)),
+            ("home", session.get("home_id")),
+            ("technician", session.get("technician_id")),
+            ("reason", session.get("reason")),
+            ("grants", grants_text(session.get("grants"))),
+            ("pending", grants_text(session.get("pending_grants") or None) or None),
+            ("duration", format_duration(duration) if isinstance(duration, int) else None),
+            ("requested", clock(session.get("requested_at"))),
+            ("approved", f"{approved} by {session.get('approved_by')}" if approved else None),
+            ("expires", clock(session.get("expires_at")) if session.get("expires_at") else None),
+            ("ended", clock(session.get("ended_at")) if session.get("ended_at") else None),
+            ("tunnel ip", session.get("tunnel_ip")),
+            ("key from", session.get("key_origin")),
+        ]
+    )
+    emit(as_json, session, text)
+
+
+@app.command("list")
+def list_sessions(
+    home: Annotated[str | None, typer.Option("--home", help="Only this home.")] = None,
+    state: Annotated[str | None, typer.Option("--state", help="Only this state.")] = None,
+    broker: BrokerOption = None,
+    token: TokenOption = None,
+    ca_cert: CaCertOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """List the sessions you can see."""
+    with connect(broker, token, ca_cert) as client:
+        sessions = client.list_sessions(home, state)
+    rows = [
+        (
+            str(s.get("id")),
+            state_text(s),
+            str(s.get("home_id")),
+            grants_text(s.get("grants")),
+            when_text(s),
+        )
+        for s in sessions
+    ]
+    emit(as_json, {"sessions": sessions}, table(("id", "state", "home", "grants", "when"), rows))
+
+
+@app.command("config")
+def session_config(
+    session_id: SessionArgument,
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output", "-o", help="Write here (mode 0600), e.g. ztb0.conf.", dir_okay=False
+        ),
+    ] = None,
+    qr: Annotated[bool, typer.Option("--qr", help="Show a QR code for the mobile app.")] = False,
+    broker: BrokerOption = None,
+    token: TokenOption = None,
+    ca_cert: CaCertOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Print the wg-quick config of an approved session, with your private key filled in."""
+    if qr and as_json:
+        raise typer.BadParameter("--qr and --json exclude each other")
+    with connect(broker, token, ca_cert) as client:
+        config = fill_private_key(client.wg_quick(session_id), session_id)
+    if output is not None:
+        write_secret(output, config)
+    if as_json:
+        print_json({"id": session_id, "config": config, "output": str(output) if output else None})
+    elif qr:
+        _print_qr(config)
+    elif output is not None:
+        typer.echo(f"wrote {output} (mode 0600); connect with: wg-quick up {output.resolve()}")
+    else:
+        typer.echo(config, nl=False)
+
+
+def _print_qr(config: str) -> None:
+    try:
+        import segno
+    except ImportError:
+        raise RuntimeError("--qr needs the segno package (pip install segno)") from None
+    segno.make_qr(config).terminal(out=sys.stdout, compact=True)
+
+
+@app.command("report")
+def session_report(
+    session_id: SessionArgument,
+    broker: BrokerOption = None,
+    token: TokenOption = None,
+    ca_cert: CaCertOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """What happened in a session: timeline, approver, traffic per grant, last handshake."""
+    with connect(broker, token, ca_cert) as client:
+        report = client.session_report(session_id)
+    emit(as_json, report, report_text(report))
+
+
+def report_text(report: dict[str, Any]) -> str:
+    session: dict[str, Any] = report.get("session") or {}
+    approved_by = session.get("approved_by")
+    head = fields(
+        [
+            ("session", f"{session.get('id')}  {state_text(session)}"),
+            ("home", session.get("home_id")),
+            ("technician", session.get("technician_id")),
+            ("reason", session.get("reason")),
+            (
+                "approved by",
+                approved_by and f"{approved_by} at {clock(session.get('approved_at'))}",
+            ),
+            ("tunnel ip", session.get("tunnel_ip")),
+            ("last handshake", clock(report.get("last_handshake"))),
+        ]
+    )
+    grants = [
+        (grant_text(g.get("grant")), str(g.get("packets", "-")), _size(g.get("bytes")))
+        for g in report.get("grants") or []
+        if isinstance(g, dict)
+    ]
+    events = [
+        (clock(e.get("at")), str(e.get("action")), str(e.get("actor") or "-"))
+        for e in report.get("timeline") or []
+        if isinstance(e, dict)
+    ]
+    return "\n\n".join(
+        [
+            head,
+            table(("grant", "packets", "bytes"), grants),
+            table(("time", "event", "by"), events),
+        ]
+    )

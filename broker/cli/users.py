@@ -1,0 +1,236 @@
+"""``ztb user ...``: people, their API tokens and their TOTP second factor."""
+
+from __future__ import annotations
+
+import sys
+from enum import StrEnum
+from typing import Annotated
+
+import typer
+
+from broker.cli.common import (
+    BrokerOption,
+    CaCertOption,
+    JsonOption,
+    TokenOption,
+    clock,
+    connect,
+    duration_seconds,
+    emit,
+    emit_created,
+    table,
+)
+from broker.client import BrokerClient
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help="Manage users and their tokens.")
+token_app = typer.Typer(
+    no_args_is_help=True, add_completion=False, help="Create, list and revoke API tokens."
+)
+totp_app = typer.Typer(
+    no_args_is_help=True, add_completion=False, help="Turn on TOTP for approvals and logins."
+)
+app.add_typer(token_app, name="token")
+app.add_typer(totp_app, name="totp")
+
+
+class Role(StrEnum):
+    admin = "admin"
+    homeowner = "homeowner"
+    technician = "technician"
+
+
+PasswordStdinOption = Annotated[
+    bool, typer.Option("--password-stdin", help="Read the password from the first stdin line.")
+]
+
+
+def _password_from_stdin() -> str:
+    password = sys.stdin.readline().rstrip("\r\n")
+    if not password:
+        raise typer.BadParameter("stdin held no password", param_hint="--password-stdin")
+    return password
+
+
+def _user_id(client: BrokerClient, user: str | None) -> str:
+    """An id for USER: yourself when omitted, looked up by email when it holds an '@'."""
+    if not user:
+        return str(client.me()["id"])
+    if "@" not in user:
+        return user
+    for found in client.list_users():
+        if str(found.get("email", "")).lower() == user.lower():
+            return str(found["id"])
+    raise typer.BadParameter(f"no user with email {user!r}", param_hint="USER")
+
+
+@app.command("create")
+def create_user(
+    email: str,
+    role: Annotated[Role, typer.Option("--role", help="What the user may do.")],
+    password_stdin: PasswordStdinOption = False,
+    broker: BrokerOption = None,
+    token: TokenOption = None,
+    ca_cert: CaCertOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Create a user and print their first API token (shown once)."""
+    password = _password_from_stdin() if password_stdin else None
+    with connect(broker, token, ca_cert) as client:
+        user = client.create_user(email, role.value, password)
+    emit_created(
+        as_json,
+        user,
+        str(user.get("token", "")),
+        f"created {user.get('role')} {user.get('email')} ({user.get('id')}); "
+        "API token below, shown once:",
+    )
+
+
+@app.command("list")
+def list_users(
+    broker: BrokerOption = None,
+    token: TokenOption = None,
+    ca_cert: CaCertOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """List all users (admin)."""
+    with connect(broker, token, ca_cert) as client:
+        users = client.list_users()
+    rows = [
+        (str(u.get("id")), str(u.get("email")), str(u.get("role")), _yes(u.get("totp_enabled")))
+        for u in users
+    ]
+    emit(as_json, {"users": users}, table(("id", "email", "role", "totp"), rows))
+
+
+@app.command("whoami")
+def whoami(
+    broker: BrokerOption = None,
+    token: TokenOption = None,
+    ca_cert: CaCertOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Show who the token belongs to."""
+    with connect(broker, token, ca_cert) as client:
+        me = client.me()
+    totp = "on" if me.get("totp_enabled") else "off"
+    emit(as_json, me, f"{me.get('email')}  {me.get('role')}  {me.get('id')}  totp {totp}")
+
+
+@app.command("login")
+def login(
+    email: str,
+    password_stdin: PasswordStdinOption = False,
+    totp: Annotated[str | None, typer.Option("--totp", help="Current TOTP code.")] = None,
+    broker: BrokerOption = None,
+    ca_cert: CaCertOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Trade a password (and TOTP code) for a new API token."""
+    password = (
+        _password_from_stdin() if password_stdin else typer.prompt("password", hide_input=True)
+    )
+    with connect(broker, None, ca_cert, need_token=False) as client:
+        issued = client.login(email, password, totp)
+    emit_created(
+        as_json,
+        issued,
+        str(issued.get("token", "")),
+        f"logged in as {email}; token expires {clock(issued.get('expires_at'))}:",
+    )
+
+
+def _yes(value: object) -> str:
+    return "yes" if value else "no"
+
+
+@token_app.command("create")
+def create_token(
+    user: Annotated[str | None, typer.Argument(help="User id or email; default: yourself.")] = None,
+    name: Annotated[str | None, typer.Option("--name", help="Label for the token.")] = None,
+    ttl: Annotated[str | None, typer.Option("--ttl", help="Lifetime, e.g. 8h.")] = None,
+    broker: BrokerOption = None,
+    token: TokenOption = None,
+    ca_cert: CaCertOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Issue another API token and print it (shown once)."""
+    ttl_s = duration_seconds(ttl, "--ttl") if ttl else None
+    with connect(broker, token, ca_cert) as client:
+        issued = client.create_token(_user_id(client, user), name, ttl_s)
+    emit_created(
+        as_json,
+        issued,
+        str(issued.get("token", "")),
+        f"token {issued.get('id')} expires {clock(issued.get('expires_at'))}; shown once:",
+    )
+
+
+@token_app.command("list")
+def list_tokens(
+    broker: BrokerOption = None,
+    token: TokenOption = None,
+    ca_cert: CaCertOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """List tokens (all for an admin, your own otherwise)."""
+    with connect(broker, token, ca_cert) as client:
+        tokens = client.list_tokens()
+    rows = [
+        (
+            str(t.get("id")),
+            str(t.get("user_id")),
+            str(t.get("name") or "-"),
+            clock(t.get("expires_at")),
+            _yes(t.get("revoked")),
+        )
+        for t in tokens
+    ]
+    emit(as_json, {"tokens": tokens}, table(("id", "user", "name", "expires", "revoked"), rows))
+
+
+@token_app.command("revoke")
+def revoke_token(
+    token_id: str,
+    broker: BrokerOption = None,
+    token: TokenOption = None,
+    ca_cert: CaCertOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Revoke an API token by its id."""
+    with connect(broker, token, ca_cert) as client:
+        client.revoke_token(token_id)
+    emit(as_json, {"id": token_id, "revoked": True}, f"token {token_id} revoked")
+
+
+@totp_app.command("enable")
+def enable_totp(
+    broker: BrokerOption = None,
+    token: TokenOption = None,
+    ca_cert: CaCertOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Start TOTP enrollment: prints the secret and otpauth URI for an authenticator app."""
+    with connect(broker, token, ca_cert) as client:
+        enrollment = client.begin_totp()
+    emit(
+        as_json,
+        enrollment,
+        f"secret  {enrollment.get('secret')}\n"
+        f"uri     {enrollment.get('uri')}\n"
+        "Add it to your authenticator app, then run: ztb user totp confirm CODE",
+    )
+
+
+@totp_app.command("confirm")
+def confirm_totp(
+    code: str,
+    broker: BrokerOption = None,
+    token: TokenOption = None,
+    ca_cert: CaCertOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Finish TOTP enrollment with a current code from the authenticator app."""
+    with connect(broker, token, ca_cert) as client:
+        client.confirm_totp(code)
+    emit(as_json, {"totp_enabled": True}, "TOTP is on")

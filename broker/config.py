@@ -1,0 +1,31 @@
+"""Broker settings: one frozen object built by the CLI (or a test) and handed to the app."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from .db.engine import sqlite_url
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    data_dir: Path
+    db_url: str | None = None  # default: SQLite file inside data_dir
+    max_body_bytes: int = 64 * 1024
+    maintenance_interval_s: float = 5.0  # expiry job and audit checkpoints
+    request_ttl_s: int = 24 * 3600  # an unanswered request expires after this
+    api_token_ttl_s: int = 90 * 24 * 3600
+    login_token_ttl_s: int = 12 * 3600
+    longpoll_max_s: float = 60.0
+    webhook_attempts: int = 4
+    webhook_backoff_s: float = 0.5
+    ca_fingerprint: str | None = None  # SHA-256 of the CA cert; enrollment tokens pin it
+
+    @property
+    def database_url(self) -> str:
+        return self.db_url or sqlite_url(self.data_dir)
+
+    @property
+    def signing_key_path(self) -> Path:
+        return self.data_dir / "audit-signing.key"

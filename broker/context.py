@@ -1,0 +1,105 @@
+"""The broker's running parts, and the unit of work every change goes through.
+
+A ``UnitOfWork`` is one database transaction plus what must happen only after it commits
+(waking agents, sending webhooks). Audit events are appended inside the transaction, so a
+change and its audit event are stored together or not at all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, TypeVar
+
+from sqlalchemy import Engine
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from . import audit
+from .clock import Clock
+from .config import Settings
+from .errors import Denial
+from .metrics import Metrics
+from .notifier import Notifier
+from .webhooks import Delivery, WebhookSender
+
+T = TypeVar("T")
+RETRIES = 5
+
+
+@dataclass
+class Broker:
+    settings: Settings
+    engine: Engine
+    sessionmaker: sessionmaker[Session]
+    clock: Clock
+    notifier: Notifier
+    webhooks: WebhookSender
+    signer: audit.Signer
+    metrics: Metrics
+
+    @contextmanager
+    def unit_of_work(self) -> Iterator[UnitOfWork]:
+        with self.sessionmaker() as db:
+            uow = UnitOfWork(self, db, self.clock())
+            try:
+                yield uow
+                db.commit()
+            except BaseException:
+                db.rollback()
+                raise
+        uow.after_commit()
+
+    def run(self, work: Callable[[UnitOfWork], T]) -> T:
+        """Run ``work`` in a fresh transaction, again on a lost race (unique constraint)."""
+        for attempt in range(RETRIES):
+            try:
+                with self.unit_of_work() as uow:
+                    return work(uow)
+            except IntegrityError:
+                if attempt == RETRIES - 1:
+                    raise
+        raise AssertionError("unreachable")
+
+    def record_denial(self, denial: Denial) -> None:
+        with self.unit_of_work() as uow:
+            details = {"attempt": denial.action, "reason": denial.reason}
+            uow.audit(denial.actor, "denied", denial.object, details)
+
+
+@dataclass
+class UnitOfWork:
+    broker: Broker
+    db: Session
+    now: datetime
+    _homes_to_wake: set[str] = field(default_factory=set)
+    _deliveries: list[Delivery] = field(default_factory=list)
+    _transitions: list[str] = field(default_factory=list)
+
+    def audit(self, actor: str, action: str, obj: str, details: dict[str, Any]) -> None:
+        audit.append(self.db, self.now, actor, action, obj, details)
+        self._transitions.append(f"audit:{'denied' if action == 'denied' else 'change'}")
+
+    def wake_agents(self, home_id: str) -> None:
+        self._homes_to_wake.add(home_id)
+
+    def webhook(self, delivery: Delivery) -> None:
+        self._deliveries.append(delivery)
+
+    def transition(self, state: str) -> None:
+        self._transitions.append(f"state:{state}")
+
+    def after_commit(self) -> None:
+        for home_id in self._homes_to_wake:
+            self.broker.notifier.notify(home_id)
+        for delivery in self._deliveries:
+            self.broker.webhooks.send(delivery)
+        metrics = self.broker.metrics
+        for item in self._transitions:
+            kind, _, value = item.partition(":")
+            if kind == "state":
+                metrics.transitions.labels(value).inc()
+            else:
+                metrics.audit_events.labels(value).inc()

@@ -1,0 +1,190 @@
+"""The broker's tables. Plain portable SQL only: the same schema runs on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, ForeignKey, Index, Integer, String, Text, UniqueConstraint, text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from .types import UtcDateTime
+
+LIVE_STATES = ("approved", "active")
+SESSION_STATES = ("requested", *LIVE_STATES, "ended")
+END_REASONS = ("denied", "revoked", "expired", "cancelled")
+ROLES = ("admin", "homeowner", "technician")
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {datetime: UtcDateTime, dict[str, Any]: JSON, list[Any]: JSON}
+
+
+class User(Base):
+    __tablename__ = "users"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    email: Mapped[str] = mapped_column(String(254), unique=True)
+    role: Mapped[str] = mapped_column(String(16))
+    password_hash: Mapped[str | None] = mapped_column(String(255))
+    totp_secret: Mapped[str | None] = mapped_column(String(64))
+    totp_enabled: Mapped[bool] = mapped_column(default=False)
+    # Last accepted TOTP time step: a code is good once (replays are refused).
+    totp_last_step: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime]
+
+
+class ApiToken(Base):
+    __tablename__ = "api_tokens"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(64), default="")
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime]
+    expires_at: Mapped[datetime | None]
+    revoked_at: Mapped[datetime | None]
+
+
+class Home(Base):
+    __tablename__ = "homes"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    owner_id: Mapped[str] = mapped_column(ForeignKey("users.id"), index=True)
+    lan: Mapped[str] = mapped_column(String(64))
+    router_ip: Mapped[str] = mapped_column(String(64))
+    tunnel_pool: Mapped[str] = mapped_column(String(64), unique=True)
+    endpoint: Mapped[str | None] = mapped_column(String(255))
+    agent_public_key: Mapped[str | None] = mapped_column(String(44))
+    webhook_url: Mapped[str | None] = mapped_column(String(2048))
+    webhook_secret: Mapped[str | None] = mapped_column(String(128))
+    require_totp_for_approval: Mapped[bool] = mapped_column(default=False)
+    policy: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # Bumped on every change the agent must apply; the long-poll compares against it.
+    revision: Mapped[int] = mapped_column(Integer, default=1)
+    created_at: Mapped[datetime]
+
+
+class Device(Base):
+    __tablename__ = "devices"
+    __table_args__ = (
+        UniqueConstraint("home_id", "name", name="uq_device_name"),
+        UniqueConstraint("home_id", "ip", name="uq_device_ip"),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    home_id: Mapped[str] = mapped_column(ForeignKey("homes.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(64))
+    ip: Mapped[str] = mapped_column(String(64))
+    mac: Mapped[str | None] = mapped_column(String(17))
+
+
+class Agent(Base):
+    __tablename__ = "agents"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    home_id: Mapped[str] = mapped_column(ForeignKey("homes.id", ondelete="CASCADE"), index=True)
+    wg_public_key: Mapped[str | None] = mapped_column(String(44))
+    interface: Mapped[str | None] = mapped_column(String(15))
+    listen_port: Mapped[int | None]
+    endpoint: Mapped[str | None] = mapped_column(String(255))
+    # Bearer credential until client certificates identify agents.
+    token_hash: Mapped[str | None] = mapped_column(String(64), unique=True)
+    cert_serial: Mapped[str | None] = mapped_column(String(64), unique=True)
+    cert_not_after: Mapped[datetime | None]
+    applied_revision: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime]
+    last_seen_at: Mapped[datetime | None]
+    revoked_at: Mapped[datetime | None]
+
+
+class EnrollmentToken(Base):
+    __tablename__ = "enrollment_tokens"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    home_id: Mapped[str] = mapped_column(ForeignKey("homes.id", ondelete="CASCADE"), index=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime]
+    expires_at: Mapped[datetime]
+    used_at: Mapped[datetime | None]
+
+
+class AccessSession(Base):
+    __tablename__ = "sessions"
+    __table_args__ = (
+        # One tunnel address per live session of a home; concurrent approvals that pick the
+        # same address collide here and retry.
+        Index(
+            "uq_live_tunnel_ip",
+            "home_id",
+            "tunnel_ip",
+            unique=True,
+            sqlite_where=text("state IN ('approved', 'active')"),
+            postgresql_where=text("state IN ('approved', 'active')"),
+        ),
+        Index("ix_sessions_state_expires", "state", "expires_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    home_id: Mapped[str] = mapped_column(ForeignKey("homes.id", ondelete="CASCADE"), index=True)
+    technician_id: Mapped[str] = mapped_column(ForeignKey("users.id"), index=True)
+    state: Mapped[str] = mapped_column(String(16))
+    end_reason: Mapped[str | None] = mapped_column(String(16))
+    reason: Mapped[str] = mapped_column(Text)
+    grants: Mapped[list[Any]] = mapped_column(default=list)
+    pending_grants: Mapped[list[Any]] = mapped_column(default=list)
+    duration_s: Mapped[int]
+    requested_at: Mapped[datetime]
+    approved_at: Mapped[datetime | None]
+    approved_by: Mapped[str | None] = mapped_column(String(64))
+    # The home revision that first carried this session: the agent reporting it makes it active.
+    approved_revision: Mapped[int | None]
+    activated_at: Mapped[datetime | None]
+    expires_at: Mapped[datetime | None]
+    ended_at: Mapped[datetime | None]
+    ended_by: Mapped[str | None] = mapped_column(String(64))
+    tunnel_ip: Mapped[str | None] = mapped_column(String(64))
+    public_key: Mapped[str | None] = mapped_column(String(44))
+    key_origin: Mapped[str] = mapped_column(String(16))
+    # Secrets the agent or technician still needs; wiped when no longer needed.
+    preshared_key: Mapped[str | None] = mapped_column(String(44))
+    private_key_once: Mapped[str | None] = mapped_column(String(44))
+    config_downloads: Mapped[int] = mapped_column(Integer, default=0)
+    last_handshake: Mapped[datetime | None]
+    counters: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class AuditHead(Base):
+    """One row: the chain's tip. Appends lock it, so two writers never fork the chain."""
+
+    __tablename__ = "audit_head"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer)
+    hash: Mapped[str] = mapped_column(String(64))
+
+
+class AuditEvent(Base):
+    __tablename__ = "audit_events"
+
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    # Stored exactly as hashed (text), so no database round trip can change the digest.
+    at: Mapped[str] = mapped_column(String(40))
+    actor: Mapped[str] = mapped_column(String(64))
+    action: Mapped[str] = mapped_column(String(64))
+    object: Mapped[str] = mapped_column(String(64), index=True)
+    details: Mapped[str] = mapped_column(Text)
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64))
+
+
+class AuditCheckpoint(Base):
+    __tablename__ = "audit_checkpoints"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer)
+    hash: Mapped[str] = mapped_column(String(64))
+    at: Mapped[str] = mapped_column(String(40))
+    public_key: Mapped[str] = mapped_column(String(64))
+    signature: Mapped[str] = mapped_column(String(128))

@@ -1,0 +1,90 @@
+"""Sign in (password + TOTP through the API's own login), sign out, and the start page."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Form, Request, Response
+from fastapi.responses import RedirectResponse
+from sqlalchemy import select
+
+from broker.auth import broker_of
+from broker.db.models import ApiToken
+from broker.errors import ApiError
+from broker.ids import digest
+from broker.routes.identity import login, revoke_token
+from broker.schemas import Login
+
+from .deps import SignInRequired, Viewer, current_viewer
+from .render import cookie_policy, page
+
+router = APIRouter()
+
+START_PAGES = {"homeowner": "/web/requests", "technician": "/web/tech", "admin": "/web/admin"}
+
+
+def _safe_next(target: str) -> str:
+    """Only our own pages: no open redirect to another site."""
+    if target.startswith("/web/") and not target.startswith("//") and "\\" not in target:
+        return target
+    return "/web/"
+
+
+@router.get("/")
+def start(viewer: Viewer) -> RedirectResponse:
+    return RedirectResponse(START_PAGES.get(viewer.role, "/web/login"), status_code=303)
+
+
+@router.get("/login")
+def login_form(request: Request, next: str = "/web/") -> Response:
+    try:
+        current_viewer(request)
+    except SignInRequired:
+        return page(
+            request, "login.html", {"title": "Sign in", "next": _safe_next(next), "email": ""}
+        )
+    return RedirectResponse(_safe_next(next), status_code=303)
+
+
+@router.post("/login")
+def sign_in(
+    request: Request,
+    email: Annotated[str, Form(max_length=254)],
+    password: Annotated[str, Form(max_length=1024)],
+    totp: Annotated[str, Form(max_length=10)] = "",
+    next: Annotated[str, Form(max_length=512)] = "/web/",
+) -> Response:
+    try:
+        issued = login(request, Login(email=email, password=password, totp=totp.strip() or None))
+    except ApiError as exc:
+        if exc.status != 401:
+            raise
+        if exc.denial is not None:
+            broker_of(request).record_denial(exc.denial)
+        context = {
+            "title": "Sign in",
+            "next": _safe_next(next),
+            "email": email,
+            "message": "Wrong email, password or code. Please try again.",
+        }
+        return page(request, "login.html", context, status=401)
+    response = RedirectResponse(_safe_next(next), status_code=303)
+    ttl = broker_of(request).settings.login_token_ttl_s
+    cookie_policy(request).set_session(response, issued["token"], ttl)
+    return response
+
+
+@router.post("/logout")
+def sign_out(request: Request, viewer: Viewer) -> Response:
+    """Revoke the token behind the cookie, so a copied cookie is worthless too."""
+    token = cookie_policy(request).session_token(request) or ""
+    broker = broker_of(request)
+    with broker.sessionmaker() as db, db.begin():
+        token_id = db.scalars(
+            select(ApiToken.id).where(ApiToken.token_hash == digest(token))
+        ).first()
+    if token_id is not None:
+        revoke_token(request, viewer, token_id)
+    response = RedirectResponse("/web/login", status_code=303)
+    cookie_policy(request).clear_session(response)
+    return response

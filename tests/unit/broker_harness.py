@@ -1,0 +1,159 @@
+"""The real broker app on a real SQLite file, driven in-process through httpx ASGITransport.
+
+Time is a ``FakeClock`` the tests move; the periodic job is ``run_maintenance``.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+from broker.app import create_app
+from broker.bootstrap import first_admin
+from broker.config import Settings
+from broker.context import Broker
+from broker.expiry import run_maintenance
+
+CA_FINGERPRINT = "ab" * 32
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = datetime(2026, 11, 1, 12, 0, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+
+
+def keypair() -> tuple[str, str]:
+    private = X25519PrivateKey.generate()
+    raw = private.private_bytes(
+        serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
+    )
+    public = private.public_key().public_bytes(
+        serialization.Encoding.Raw, serialization.PublicFormat.Raw
+    )
+    return base64.b64encode(raw).decode(), base64.b64encode(public).decode()
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+@dataclass
+class World:
+    """Two homes, each with an owner, devices and an enrolled agent; two technicians."""
+
+    admin: str
+    owner_a: str = ""
+    owner_b: str = ""
+    tech_a: str = ""
+    tech_b: str = ""
+    home_a: str = ""
+    home_b: str = ""
+    agent_a: str = ""
+    agent_b: str = ""
+    ids: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Harness:
+    client: httpx.AsyncClient
+    broker: Broker
+    clock: FakeClock
+    data_dir: Path
+
+    async def call(
+        self, method: str, path: str, token: str | None = None, **kwargs: Any
+    ) -> httpx.Response:
+        headers = bearer(token) if token else {}
+        return await self.client.request(method, path, headers=headers, **kwargs)
+
+    async def ok(self, method: str, path: str, token: str, **kwargs: Any) -> Any:
+        response = await self.call(method, path, token, **kwargs)
+        assert response.status_code < 300, (method, path, response.status_code, response.text)
+        return response.json() if response.content else None
+
+    async def user(self, admin: str, email: str, role: str) -> tuple[str, str]:
+        body = await self.ok("POST", "/v1/users", admin, json={"email": email, "role": role})
+        return body["id"], body["token"]
+
+    async def home(self, admin: str, name: str, owner: str, lan: str) -> str:
+        body = await self.ok(
+            "POST", "/v1/homes", admin, json={"name": name, "owner": owner, "lan": lan}
+        )
+        return str(body["id"])
+
+    async def enroll(self, admin: str, home: str, endpoint: str) -> str:
+        minted = await self.ok("POST", f"/v1/homes/{home}/enroll-token", admin, json={})
+        _, public = keypair()
+        body = {
+            "token": minted["token"],
+            "wg_public_key": public,
+            "interface": "ztb0",
+            "listen_port": 51820,
+            "endpoint": endpoint,
+        }
+        response = await self.call("POST", "/v1/agent/enroll", json=body)
+        assert response.status_code == 201, response.text
+        return str(response.json()["agent_token"])
+
+    async def world(self) -> World:
+        w = World(admin=first_admin(self.broker, "admin@example.com")["token"])
+        w.ids["owner_a"], w.owner_a = await self.user(w.admin, "ann@example.com", "homeowner")
+        w.ids["owner_b"], w.owner_b = await self.user(w.admin, "bert@example.com", "homeowner")
+        w.ids["tech_a"], w.tech_a = await self.user(w.admin, "tina@example.com", "technician")
+        w.ids["tech_b"], w.tech_b = await self.user(w.admin, "tom@example.com", "technician")
+        w.home_a = await self.home(w.admin, "ann-house", "ann@example.com", "192.168.1.0/24")
+        w.home_b = await self.home(w.admin, "bert-flat", "bert@example.com", "10.20.0.0/24")
+        for home, owner, devices in (
+            (w.home_a, w.owner_a, [("thermostat", "192.168.1.20"), ("tv", "192.168.1.30")]),
+            (w.home_b, w.owner_b, [("camera", "10.20.0.40")]),
+        ):
+            for name, ip in devices:
+                await self.ok("POST", f"/v1/homes/{home}/devices", owner, json={"name": name, "ip": ip})
+        w.agent_a = await self.enroll(w.admin, w.home_a, "203.0.113.10:51820")
+        w.agent_b = await self.enroll(w.admin, w.home_b, "203.0.113.20:51820")
+        return w
+
+    async def request(
+        self, tech: str, home: str, grants: list[str], duration_s: int = 1800, **extra: Any
+    ) -> dict[str, Any]:
+        body = {"home": home, "grants": grants, "duration_s": duration_s, "reason": "fix it"}
+        result: dict[str, Any] = await self.ok("POST", "/v1/sessions", tech, json={**body, **extra})
+        return result
+
+    def maintenance(self) -> dict[str, int]:
+        return run_maintenance(self.broker)
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
+    clock = FakeClock()
+    settings = Settings(
+        data_dir=tmp_path / "broker", ca_fingerprint=CA_FINGERPRINT, webhook_backoff_s=0.05
+    )
+    app = create_app(settings, clock=clock)
+    broker: Broker = app.state.broker
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://broker") as client:
+        yield Harness(client=client, broker=broker, clock=clock, data_dir=settings.data_dir)
+    broker.webhooks.close()
+    broker.engine.dispose()

@@ -1,0 +1,297 @@
+"""Reconcile against in-memory backends: idempotence, increments, order, lifetimes."""
+
+from __future__ import annotations
+
+import base64
+import itertools
+from collections.abc import Sequence
+from ipaddress import IPv4Address, IPv4Network, ip_address
+
+import pytest
+
+from agent.fakes import FakeNftables, FakeWireGuard
+from agent.nft_backend import NftError
+from agent.reconcile import Agent, InterfaceSpec
+from netpolicy import DesiredState, Grant, HomeNetwork, LiveSession, PortRange
+
+NETWORK = HomeNetwork(
+    lan=IPv4Network("192.168.1.0/24"),
+    router_ip=IPv4Address("192.168.1.1"),
+    tunnel_pool=IPv4Network("100.64.0.0/24"),
+)
+
+
+class FakeClock:
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def key(n: int) -> str:
+    return base64.b64encode(bytes([n]) * 32).decode()
+
+
+def make_session(n: int, *ports: int, expires_in: float = 600.0, device: int = 10) -> LiveSession:
+    grants = tuple(
+        Grant(ip_address(f"192.168.1.{device}"), "tcp", PortRange.single(p))
+        for p in ports or (443,)
+    )
+    return LiveSession(
+        session_id=f"s{n}",
+        public_key=key(n),
+        preshared_key=key(100 + n),
+        tunnel_ip=IPv4Address(f"100.64.0.{n + 1}"),
+        grants=grants,
+        expires_in=expires_in,
+    )
+
+
+def make_state(revision: int, *sessions: LiveSession) -> DesiredState:
+    return DesiredState(home_id="home", revision=revision, network=NETWORK, sessions=sessions)
+
+
+class Rig:
+    """An agent on fakes sharing one clock; ``journal`` records nft and peer calls in order."""
+
+    def __init__(self, clock: FakeClock | None = None) -> None:
+        self.clock = clock or FakeClock()
+        self.nft = FakeNftables(self.clock)
+        self.wg = FakeWireGuard()
+        self.agent = self.restart()
+
+    def restart(self) -> Agent:
+        """A new agent process on the same (surviving) kernel state."""
+        self.agent = Agent(self.wg, self.nft, InterfaceSpec("wgtest", key(99), 51820), self.clock)
+        return self.agent
+
+    def journal(self) -> list[object]:
+        return [*self.nft.transactions, *self.wg.calls]
+
+    def text(self) -> str:
+        peers = [f"peer {p.public_key[:4]} {' '.join(p.allowed_ips)}" for p in self.wg.list_peers()]
+        return "\n".join([self.nft.state_text(), *peers])
+
+
+def test_first_apply_builds_skeleton_elements_and_peers() -> None:
+    rig = Rig()
+    result = rig.agent.apply(make_state(1, make_session(1, 443, 8443), make_session(2, 80)))
+    assert (result.elements_added, result.peers_set) == (3, 2)
+    assert rig.wg.interface == {
+        "port": 51820,
+        "addresses": ["100.64.0.1/32"],
+        "routes": ["100.64.0.0/24"],
+    }
+    assert rig.text() == (
+        "grants4 100.64.0.2 . 192.168.1.10 . tcp . 443 timeout 600\n"
+        "grants4 100.64.0.2 . 192.168.1.10 . tcp . 8443 timeout 600\n"
+        "grants4 100.64.0.3 . 192.168.1.10 . tcp . 80 timeout 600\n"
+        f"peer {key(1)[:4]} 100.64.0.2/32\n"
+        f"peer {key(2)[:4]} 100.64.0.3/32"
+    )
+    assert rig.wg.peers[key(1)].preshared_key == key(101)
+    assert rig.nft.table is not None and rig.nft.table.rules["from_tunnel"]
+
+
+def test_second_apply_writes_nothing() -> None:
+    rig = Rig()
+    state = make_state(1, make_session(1), make_session(2))
+    rig.agent.apply(state)
+    before = rig.journal()
+    rig.clock.advance(5)
+    result = rig.agent.apply(state)
+    assert not result.changed
+    assert rig.journal() == before
+
+
+def test_adding_a_session_writes_only_its_elements_and_peer() -> None:
+    rig = Rig()
+    rig.agent.apply(make_state(1, make_session(1)))
+    calls = len(rig.wg.calls)
+    rig.agent.apply(make_state(2, make_session(1), make_session(2, 22, 80)))
+    (last,) = rig.nft.transactions[-1:]
+    assert [next(iter(c)) for c in last] == ["add"]
+    elems = last[0]["add"]["element"]["elem"]
+    assert {e["elem"]["val"]["concat"][0] for e in elems} == {"100.64.0.3"}
+    assert len(elems) == 2
+    assert rig.wg.calls[calls:] == [f"set_peer {key(2)}"]
+
+
+def test_revoke_deletes_elements_before_the_peer() -> None:
+    rig = Rig()
+    rig.agent.apply(make_state(1, make_session(1), make_session(2)))
+    transactions = len(rig.nft.transactions)
+    order: list[str] = []
+    remove_peer = rig.wg.remove_peer
+
+    def recording_remove(public_key: str) -> None:
+        order.append(f"remove after {len(rig.nft.transactions) - transactions} transaction(s)")
+        remove_peer(public_key)
+
+    rig.wg.remove_peer = recording_remove  # type: ignore[method-assign]
+    result = rig.agent.apply(make_state(2, make_session(1)))
+    assert (result.elements_deleted, result.peers_removed) == (1, 1)
+    assert order == ["remove after 1 transaction(s)"]
+    assert "100.64.0.3" not in rig.nft.state_text()
+    assert list(rig.wg.peers) == [key(1)]
+
+
+def test_elements_go_in_before_peers() -> None:
+    rig = Rig()
+    rig.agent.apply(make_state(1, make_session(1)))
+    seen: list[str] = []
+    set_peer = rig.wg.set_peer
+
+    def recording_set(
+        public_key: str, preshared_key: str | None, allowed_ips: Sequence[str]
+    ) -> None:
+        seen.append(rig.nft.state_text())
+        set_peer(public_key, preshared_key, allowed_ips)
+
+    rig.wg.set_peer = recording_set  # type: ignore[method-assign]
+    rig.agent.apply(make_state(2, make_session(1), make_session(2)))
+    assert "100.64.0.3" in seen[0]
+
+
+def test_same_revision_keeps_the_deadline() -> None:
+    rig = Rig()
+    rig.agent.apply(make_state(1, make_session(1, expires_in=600)))
+    rig.clock.advance(100)
+    rig.agent.apply(make_state(1, make_session(1, expires_in=600)))  # the same file re-read
+    assert rig.agent.remaining() == {"s1": 500.0}
+    assert len(rig.nft.transactions) == 1
+
+
+def test_new_revision_takes_the_brokers_lifetime() -> None:
+    rig = Rig()
+    rig.agent.apply(make_state(1, make_session(1, expires_in=600)))
+    rig.clock.advance(100)
+    rig.agent.apply(make_state(2, make_session(1, expires_in=300)))
+    assert rig.agent.remaining() == {"s1": 300.0}
+    assert "timeout 300" in rig.nft.state_text()
+
+
+def test_new_session_deadline_anchors_on_arrival_not_on_a_late_retry() -> None:
+    rig = Rig()
+    arrived = rig.clock()
+    rig.clock.advance(30)  # e.g. the first attempt failed and this is the retry
+    rig.agent.apply(make_state(1, make_session(1, expires_in=600)), received_at=arrived)
+    assert rig.agent.remaining() == {"s1": 570.0}
+
+
+def test_restart_never_extends_a_lifetime() -> None:
+    rig = Rig()
+    state = make_state(1, make_session(1, expires_in=600))
+    rig.agent.apply(state)
+    rig.clock.advance(300)
+    rig.restart().apply(state)  # the stale document still says 600 s
+    assert rig.agent.remaining() == {"s1": 300.0}
+    # Only the skeleton is re-asserted; no element is written again.
+    assert len(rig.nft.transactions) == 2
+    assert not any("element" in body for c in rig.nft.transactions[-1] for body in c.values())
+
+
+def test_restart_takes_the_shorter_document_lifetime() -> None:
+    rig = Rig()
+    rig.agent.apply(make_state(1, make_session(1, expires_in=600)))
+    rig.clock.advance(100)
+    rig.restart().apply(make_state(2, make_session(1, expires_in=200)))
+    assert rig.agent.remaining() == {"s1": 200.0}
+    assert "timeout 200" in rig.nft.state_text()
+
+
+def test_restart_after_kernel_expiry_does_not_revive_the_session() -> None:
+    rig = Rig()
+    state = make_state(1, make_session(1, expires_in=60))
+    rig.agent.apply(state)
+    rig.clock.advance(61)  # the agent was down: the kernel dropped the elements itself
+    result = rig.restart().apply(state)
+    assert result.peers_removed == 1
+    assert rig.agent.remaining() == {"s1": 0.0}
+    assert rig.text() == ""
+
+
+def test_timer_removes_the_peer_when_the_deadline_passes() -> None:
+    rig = Rig()
+    rig.agent.apply(make_state(1, make_session(1, expires_in=10.5), make_session(2)))
+    assert rig.agent.next_expiry() == pytest.approx(rig.clock() + 9.5)
+    rig.clock.advance(9.6)
+    result = rig.agent.reapply()
+    assert result is not None and result.peers_removed == 1
+    assert list(rig.wg.peers) == [key(2)]
+    assert "100.64.0.2" not in rig.nft.state_text()  # the leftover element is cleaned too
+    assert rig.agent.next_expiry() == pytest.approx(1000.0 + 599.0)
+
+
+def test_startup_removes_stale_peers_and_elements() -> None:
+    rig = Rig()
+    rig.agent.apply(make_state(1, make_session(1), make_session(2)))
+    rig.wg.set_peer(key(50), None, ["100.64.0.60/32"])  # an orphan nobody asked for
+    rig.restart().apply(make_state(2, make_session(2)))
+    assert sorted(rig.wg.peers) == [key(2)]
+    assert rig.nft.state_text() == "grants4 100.64.0.3 . 192.168.1.10 . tcp . 443 timeout 600"
+
+
+def test_nft_race_is_retried_once_on_a_fresh_listing() -> None:
+    rig = Rig()
+    rig.agent.apply(make_state(1, make_session(1)))
+    rig.nft.fail_next = "Error: Could not process rule: No such file or directory"
+    rig.agent.apply(make_state(2, make_session(1), make_session(2)))
+    assert sorted(rig.wg.peers) == [key(1), key(2)]
+
+
+def test_failed_transaction_leaves_peers_and_lifetimes_alone() -> None:
+    rig = Rig()
+    rig.agent.apply(make_state(1, make_session(1)))
+    before = rig.text()
+
+    def always_fail(commands: list[dict[str, object]]) -> None:
+        raise NftError("nft: Error: syntax error")
+
+    rig.nft.run = always_fail  # type: ignore[method-assign]
+    with pytest.raises(NftError, match="syntax error"):
+        rig.agent.apply(make_state(2, make_session(2)))
+    assert rig.text() == before
+    assert rig.agent.desired is not None and rig.agent.desired.revision == 1
+
+
+def test_report_counts_per_element_and_peer() -> None:
+    rig = Rig()
+    rig.agent.apply(make_state(3, make_session(1, 443, 8000)))
+    report = rig.agent.report()
+    assert report["revision"] == 3
+    assert report["sessions"] == {"s1": {"remaining": 600.0, "peer": True}}
+    assert [(e["session_id"], e["ports"], e["packets"]) for e in report["elements"]] == [
+        ("s1", "443", 0),
+        ("s1", "8000", 0),
+    ]
+    assert report["peers"][0]["session_id"] == "s1"
+    assert "preshared" not in str(report)
+
+
+STATES = {
+    "one": make_state(1, make_session(1, 443)),
+    "two": make_state(2, make_session(1, 443, 80), make_session(2, 22)),
+    "other": make_state(3, make_session(3, 8080, device=20)),
+    "empty": make_state(4),
+}
+
+
+@pytest.mark.parametrize("order", list(itertools.permutations(STATES)))
+def test_any_order_of_states_converges_to_the_last(order: tuple[str, ...]) -> None:
+    """Tailscale-style: replay the states in every order; each apply lands on its golden."""
+    golden = {}
+    for name, state in STATES.items():
+        fresh = Rig()
+        fresh.agent.apply(state)
+        golden[name] = fresh.text()
+    rig = Rig()
+    for name in order:
+        rig.agent.apply(STATES[name])
+        assert rig.text() == golden[name]
+        rig.agent.apply(STATES[name])  # and nothing moves on a second pass
+        assert rig.text() == golden[name]

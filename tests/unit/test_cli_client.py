@@ -1,0 +1,69 @@
+"""How the API client turns the broker's error answers into one readable line."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from broker import client as broker_client
+from broker.client import ApiError, BrokerClient, BrokerError
+
+
+def answering(status: int, **response: object) -> httpx.MockTransport:
+    def handle(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(status, **response)  # type: ignore[arg-type]
+
+    return httpx.MockTransport(handle)
+
+
+def test_detail_becomes_the_message() -> None:
+    transport = answering(404, json={"detail": "session not found"})
+    with BrokerClient("http://b", "t", transport=transport) as client, pytest.raises(ApiError) as e:
+        client.get_session("ses_x")
+    assert str(e.value) == "session not found (HTTP 404)"
+    assert e.value.status == 404
+
+
+def test_fastapi_validation_list_is_flattened_to_one_line() -> None:
+    detail = [{"loc": ["body", "duration_s"], "msg": "Input should be\na valid integer"}]
+    transport = answering(422, json={"detail": detail})
+    with BrokerClient("http://b", "t", transport=transport) as client, pytest.raises(ApiError) as e:
+        client.request_session("h", ["tv:tcp/80"], 60, "r", None)
+    assert str(e.value) == "duration_s: Input should be a valid integer (HTTP 422)"
+
+
+def test_non_json_error_names_the_status() -> None:
+    transport = answering(502, text="<html>bad gateway</html>")
+    with BrokerClient("http://b", "t", transport=transport) as client, pytest.raises(ApiError) as e:
+        client.list_homes()
+    assert str(e.value) == "broker answered 502 Bad Gateway (HTTP 502)"
+
+
+def test_requests_carry_the_token_and_quote_names() -> None:
+    seen: list[httpx.Request] = []
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, json={"devices": [{"id": "dev_1"}, "junk"]})
+
+    with BrokerClient("http://b/", "tok", transport=httpx.MockTransport(handle)) as client:
+        assert client.list_devices("my home/2") == [{"id": "dev_1"}]
+    assert seen[0].headers["Authorization"] == "Bearer tok"
+    assert seen[0].url.raw_path == b"/v1/homes/my%20home%2F2/devices"
+
+
+def test_module_hook_reaches_every_client(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(broker_client, "default_transport", answering(200, json={"id": "usr_1"}))
+    with BrokerClient("http://b", "t") as client:
+        assert client.me() == {"id": "usr_1"}
+
+
+def test_non_object_json_is_an_error() -> None:
+    transport = answering(200, json=[1])
+    with BrokerClient("http://b", "t", transport=transport) as client, pytest.raises(BrokerError):
+        client.me()
+
+
+def test_url_scheme_is_checked() -> None:
+    with pytest.raises(BrokerError, match="must start with https://"):
+        BrokerClient("broker.example:8443", "t")
