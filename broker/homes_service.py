@@ -9,7 +9,7 @@ from typing import Any
 
 from sqlalchemy import or_, select
 
-from netpolicy import HomeNetwork, PolicyError, validate_device_ip
+from netpolicy import HomeNetwork, PolicyError, validate_device_ip, validate_lan
 from netpolicy.validation import parse_address, parse_network
 
 from .context import UnitOfWork
@@ -59,6 +59,7 @@ def _network(lan: str, router_ip: str | None, pool: str) -> HomeNetwork:
     lan_net = parse_network(lan)
     if not isinstance(lan_net, IPv4Network):
         raise PolicyError("lan must be an IPv4 network")
+    validate_lan(lan_net)
     router = router_ip or str(next(lan_net.hosts()))
     router_addr = parse_address(router)
     if router_addr in (lan_net.network_address, lan_net.broadcast_address):

@@ -20,7 +20,8 @@ from broker.cli.common import (
     fields,
     table,
 )
-from netpolicy import PolicyError, format_duration, validate_lan
+from netpolicy import DEFAULT_MAX_DURATION_S, PolicyError, format_duration, validate_lan
+from netpolicy.policy import GrantRule
 from netpolicy.validation import parse_address, parse_network
 
 app = typer.Typer(
@@ -139,7 +140,7 @@ def show_home(
             ("endpoint", found.get("endpoint") or "not set (agent not enrolled)"),
             ("agent key", found.get("agent_public_key")),
             ("revision", found.get("revision")),
-            ("policy", json.dumps(found.get("policy"), sort_keys=True)),
+            ("policy", json.dumps(found["policy"]) if found.get("policy") else "default"),
         ]
     )
     agents = found.get("agents") or []
@@ -175,6 +176,14 @@ def set_policy(
     max_duration: Annotated[
         str | None, typer.Option("--max-duration", help="Longest session, e.g. 1h.")
     ] = None,
+    allow: Annotated[
+        list[str] | None,
+        typer.Option("--allow", help="Only grants like DEVICE:PROTO/PORTS or *:tcp/443 (repeat)."),
+    ] = None,
+    technician: Annotated[
+        list[str] | None,
+        typer.Option("--technician", help="Only these technicians (email or id; repeat)."),
+    ] = None,
     require_totp: Annotated[
         bool | None,
         typer.Option("--require-totp/--no-require-totp", help="Approvals need a TOTP code."),
@@ -184,14 +193,22 @@ def set_policy(
     ca_cert: CaCertOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Show the home's policy, or change the parts given as options."""
-    max_duration_s = duration_seconds(max_duration, "--max-duration") if max_duration else None
+    """Show the home's policy, or change the parts given as options (lists are replaced)."""
+    changes: dict[str, Any] = {}
+    if max_duration:
+        changes["max_duration_s"] = duration_seconds(max_duration, "--max-duration")
+    if allow:
+        try:
+            changes["allowed"] = [str(GrantRule.parse(rule)) for rule in allow]
+        except PolicyError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--allow") from None
+    if technician:
+        changes["technicians"] = list(technician)
     with connect(broker, token, ca_cert) as client:
         found = client.get_home(home)
         policy: dict[str, Any] = dict(found.get("policy") or {})
-        if max_duration_s is not None:
-            policy["max_duration_s"] = max_duration_s
-            policy = client.set_policy(home, policy)
+        if changes:
+            policy = client.set_policy(home, {**policy, **changes})
         if require_totp is not None:
             found = client.update_home(home, {"require_totp_for_approval": require_totp})
     totp = found.get("require_totp_for_approval")
@@ -199,9 +216,17 @@ def set_policy(
     text = fields(
         [
             ("home", f"{found.get('id')}  {found.get('name')}"),
-            ("max duration", format_duration(cap) if isinstance(cap, int) else None),
+            (
+                "max duration",
+                format_duration(cap if isinstance(cap, int) else DEFAULT_MAX_DURATION_S),
+            ),
+            ("allowed", ", ".join(policy.get("allowed") or []) or "any grant on a known device"),
+            ("technicians", ", ".join(policy.get("technicians") or []) or "any"),
+            (
+                "auto-approve",
+                json.dumps(policy.get("auto_approve")) if policy.get("auto_approve") else None,
+            ),
             ("require totp", None if totp is None else ("yes" if totp else "no")),
-            ("policy", json.dumps(policy, sort_keys=True)),
         ]
     )
     emit(as_json, {"id": found.get("id"), "policy": policy, "require_totp": totp}, text)

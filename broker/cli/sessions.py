@@ -12,6 +12,7 @@ import os
 import re
 import secrets
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -183,14 +184,33 @@ def describe(session: dict[str, Any]) -> str:
 
 
 def _size(count: object) -> str:
-    if not isinstance(count, int):
+    if not isinstance(count, int) or count < 0:
         return "-"
-    value = float(count)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{count} B" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return str(count)
+    if count < 1024:
+        return f"{count} B"
+    exponent = min(3, (count.bit_length() - 1) // 10)
+    return f"{count / 1024**exponent:.1f} {('B', 'KiB', 'MiB', 'GiB')[exponent]}"
+
+
+def _request_with_local_key(
+    send: Callable[[str], dict[str, Any]], key_file: Path | None
+) -> dict[str, Any]:
+    """Send only the public key; the private key becomes ``ID.key`` once the id is known.
+
+    It is written (0600) before the request leaves, so a full disk never costs a session
+    its key, and it is removed again when the request fails.
+    """
+    private_key, public_key = key_pair(_read_key_file(key_file) if key_file else None)
+    pending = keys_dir() / f"pending-{secrets.token_hex(8)}.key"
+    write_secret(pending, private_key + "\n")
+    try:
+        session = send(public_key)
+        kept = key_path(str(session.get("id")))
+        pending.replace(kept)
+    finally:
+        pending.unlink(missing_ok=True)  # still there only when something failed
+    session["private_key_file"] = str(kept)
+    return session
 
 
 # -- commands ------------------------------------------------------------------------------
@@ -223,25 +243,17 @@ def request_session(
         raise typer.BadParameter("--key-file and --no-local-key exclude each other")
     if not reason.strip():
         raise typer.BadParameter("say what the work is", param_hint="--reason")
-    public_key: str | None = None
-    pending: Path | None = None
-    if not no_local_key:
-        private_key, public_key = key_pair(_read_key_file(key_file) if key_file else None)
-        pending = keys_dir() / f"pending-{secrets.token_hex(8)}.key"
-        write_secret(pending, private_key + "\n")
-    try:
-        with connect(broker, token, ca_cert) as client:
-            session = client.request_session(home, grants, duration_s, reason, public_key)
-        session_id = str(session.get("id"))
-        if pending is not None:
-            pending.replace(key_path(session_id))
-    finally:
-        if pending is not None:
-            pending.unlink(missing_ok=True)  # only left when the request failed
-    note = describe(session)
-    if pending is not None:
-        note += f"\nprivate key kept in {key_path(session_id)}"
-        session["private_key_file"] = str(key_path(session_id))
+    with connect(broker, token, ca_cert) as client:
+        if no_local_key:
+            session = client.request_session(home, grants, duration_s, reason, None)
+            note = describe(session)
+        else:
+            session = _request_with_local_key(
+                lambda key: client.request_session(home, grants, duration_s, reason, key),
+                key_file,
+            )
+            note = f"{describe(session)}\nprivate key kept in {session['private_key_file']}"
+    session_id = str(session.get("id"))
     emit_created(as_json, session, session_id, note)
 
 
@@ -345,7 +357,10 @@ def show_session(
             ("technician", session.get("technician_id")),
             ("reason", session.get("reason")),
             ("grants", grants_text(session.get("grants"))),
-            ("pending", grants_text(session.get("pending_grants") or None) or None),
+            (
+                "pending",
+                grants_text(pending) if (pending := session.get("pending_grants")) else None,
+            ),
             ("duration", format_duration(duration) if isinstance(duration, int) else None),
             ("requested", clock(session.get("requested_at"))),
             ("approved", f"{approved} by {session.get('approved_by')}" if approved else None),
@@ -460,7 +475,7 @@ def report_text(report: dict[str, Any]) -> str:
         if isinstance(g, dict)
     ]
     events = [
-        (clock(e.get("at")), str(e.get("action")), str(e.get("actor") or "-"))
+        (clock(e.get("time")), str(e.get("action")), str(e.get("actor") or "-"))
         for e in report.get("timeline") or []
         if isinstance(e, dict)
     ]

@@ -49,7 +49,9 @@ def create_user(
     password: Annotated[str, Form(max_length=1024)] = "",
 ) -> Response:
     """The new user's first API token is shown on this one page and never again."""
-    created = api.new_user(request, viewer, NewUser(email=email, role=role, password=password or None))
+    created = api.new_user(
+        request, viewer, NewUser(email=email, role=role, password=password or None)
+    )
     return _overview(request, viewer, created)
 
 

@@ -106,7 +106,9 @@ def _auto_rules(text: str) -> list[Any]:
     try:
         rules = json.loads(text or "[]")
     except json.JSONDecodeError as exc:
-        raise PolicyError(f"auto-approve rules are not valid JSON: {exc.msg} (line {exc.lineno})") from None
+        raise PolicyError(
+            f"auto-approve rules are not valid JSON: {exc.msg} (line {exc.lineno})"
+        ) from None
     if not isinstance(rules, list):
         raise PolicyError("auto-approve rules must be a JSON list")
     return rules
@@ -131,5 +133,7 @@ def set_policy(
         "auto_approve": _auto_rules(auto_approve),
     }
     api.put_policy(request, viewer, home["id"], policy)
-    api.patch_home(request, viewer, home["id"], HomePatch(require_totp_for_approval=bool(require_totp)))
+    api.patch_home(
+        request, viewer, home["id"], HomePatch(require_totp_for_approval=bool(require_totp))
+    )
     return _back(home["id"])

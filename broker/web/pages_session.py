@@ -14,7 +14,7 @@ from broker.routes import sessions as api
 from broker.schemas import Approval, Reason
 
 from .deps import Technician, Viewer
-from .queries import company_of, session_cards, when
+from .queries import actor_names, company_of, session_cards, when
 from .render import page
 
 router = APIRouter()
@@ -34,8 +34,13 @@ def report_page(request: Request, viewer: Viewer, session_id: str) -> Response:
         (c for c in session_cards(request, viewer, session["state"]) if c["s"]["id"] == session_id),
         None,
     )
+    actors = [e["actor"] for e in report["timeline"]] + [
+        session["approved_by"],
+        session["ended_by"],
+    ]
     context = {
         "title": f"Session {session_id}",
+        "names": actor_names(request, viewer, actors),
         "report": report,
         "s": session,
         "card": card,
@@ -61,7 +66,9 @@ def approve(
 
 
 @router.post("/sessions/{session_id}/deny")
-def deny(request: Request, viewer: Viewer, session_id: str, back: Back = "/web/requests") -> Response:
+def deny(
+    request: Request, viewer: Viewer, session_id: str, back: Back = "/web/requests"
+) -> Response:
     api.deny(request, viewer, session_id, Reason(reason="denied on the web page"))
     return _back(back, "/web/requests")
 
@@ -81,7 +88,9 @@ def cancel(request: Request, viewer: Technician, session_id: str) -> Response:
 @router.get("/sessions/{session_id}/config")
 def config_intro(request: Request, viewer: Technician, session_id: str) -> Response:
     session = api.get_session(request, viewer, session_id)
-    return page(request, "config_intro.html", {"title": "Get your WireGuard configuration", "s": session})
+    return page(
+        request, "config_intro.html", {"title": "Get your WireGuard configuration", "s": session}
+    )
 
 
 @router.post("/sessions/{session_id}/config")
@@ -92,7 +101,9 @@ def config_reveal(request: Request, viewer: Technician, session_id: str) -> Resp
     download = api.wg_quick(request, viewer, session_id, format="text")
     text = bytes(download.body).decode()
     svg = io.BytesIO()
-    segno.make(text, error="l").save(svg, kind="svg", scale=4, xmldecl=False, title="WireGuard configuration")
+    segno.make(text, error="l").save(
+        svg, kind="svg", scale=4, xmldecl=False, title="WireGuard configuration"
+    )
     context = {
         "title": "Your WireGuard configuration",
         "s": session,

@@ -45,7 +45,7 @@ def new_request(request: Request, viewer: Technician, home: str = "") -> Respons
 
 
 def grant_texts(devices: list[str], proto: str, ports: str) -> list[str]:
-    """Selected devices × the ports typed (``443, 8000-8010``) as API grant strings."""
+    """Every selected device with every port typed (``443, 8000-8010``) as API grant strings."""
     wanted = [p for p in re.split(r"[,\s]+", ports.strip()) if p]
     if not devices:
         raise PolicyError("choose at least one device")

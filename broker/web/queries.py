@@ -37,6 +37,46 @@ def _names(request: Request, sessions: Iterable[Json]) -> tuple[dict[str, Home],
     return homes, users
 
 
+_ROLE_WORDS = {
+    "homeowner": "the homeowner",
+    "admin": "an administrator",
+    "technician": "a technician",
+}
+
+
+def actor_names(
+    request: Request, viewer: Principal, actors: Iterable[str | None]
+) -> dict[str, str]:
+    """Audit actors (``user:ID``, ``agent:ID``, ``policy:…``) in words for this viewer; a
+    technician sees roles, not other people's email addresses."""
+    wanted = {a for a in actors if a}
+    ids = {a.removeprefix("user:") for a in wanted if a.startswith("user:")}
+    with broker_of(request).sessionmaker() as db:
+        users = {u.id: u for u in db.scalars(select(User).where(User.id.in_(ids)))}
+    names = {}
+    for actor in wanted:
+        kind, _, rest = actor.partition(":")
+        user = users.get(rest) if kind == "user" else None
+        if user is not None and user.id == viewer.id:
+            names[actor] = "you"
+        elif user is not None:
+            names[actor] = user.email if viewer.role != "technician" else _ROLE_WORDS[user.role]
+        elif kind == "agent":
+            names[actor] = "the home's router"
+        elif kind == "policy":
+            rule = rest.rpartition("#")[2]
+            names[actor] = (
+                f"the home's rules (auto-approve rule {int(rule) + 1})"
+                if rule.isdigit()
+                else "the home's rules"
+            )
+        elif actor == "broker:expiry":
+            names[actor] = "the broker (time ran out)"
+        elif kind == "broker":
+            names[actor] = "the broker"
+    return names
+
+
 def session_cards(request: Request, viewer: Principal, *states: str) -> list[Json]:
     """Visible sessions in ``states`` (newest first), each with its home and technician."""
     found: list[Json] = []
@@ -45,6 +85,7 @@ def session_cards(request: Request, viewer: Principal, *states: str) -> list[Jso
     found.sort(key=lambda s: s["requested_at"], reverse=True)
     homes, users = _names(request, found)
     now = broker_of(request).clock()
+    names = actor_names(request, viewer, (s["approved_by"] for s in found))
     cards = []
     for session in found:
         home = homes.get(session["home_id"])
@@ -58,6 +99,7 @@ def session_cards(request: Request, viewer: Principal, *states: str) -> list[Jso
                 "tech_email": tech.email if tech else session["technician_id"],
                 "company": company_of(tech.email) if tech else "unknown",
                 "seconds_left": max(0, int((expires - now).total_seconds())) if expires else 0,
+                "approver": names.get(session["approved_by"] or "", session["approved_by"]),
             }
         )
     return cards

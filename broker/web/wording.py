@@ -46,7 +46,7 @@ def ports_words(proto: str, ports: str) -> str:
     first, _, last = ports.partition("-")
     label = "UDP port" if proto == "udp" else "port"
     if last and last != first:
-        return f"{label}s {first}–{last}"
+        return f"{label}s {first} to {last}"
     what = PORT_WORDS.get((proto, int(first))) if first.isdigit() else None
     return f"{what}, {label} {first}" if what else f"{label} {first}"
 
@@ -68,7 +68,7 @@ def spec_words(spec: str) -> str:
 
 STATE_LABELS: dict[str, tuple[str, str]] = {
     # state → (icon, words); the icon is decoration, the words carry the meaning.
-    "requested": ("⏳", "Waiting for approval"),
+    "requested": ("◷", "Waiting for approval"),
     "approved": ("✔", "Approved, connecting"),
     "active": ("●", "Active"),
     "ended": ("■", "Ended"),

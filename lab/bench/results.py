@@ -141,6 +141,7 @@ def markdown(measurements: list[Measurement]) -> str:
     verdict = {True: "PASS", False: "**FAIL**", None: "info"}
     for m in measurements:
         for r in m.ratios:
-            value = f"{_num(r.value)}{'x' if r.unit == 'x' else ' ' + r.unit}"
+            # four significant digits: a ratio next to its goal must not round onto it
+            value = f"{r.value:.4g}{'x' if r.unit == 'x' else ' ' + r.unit}"
             lines.append(f"| {r.name} | {value} | {r.goal_text()} | {verdict[r.passed]} |")
     return "\n".join(lines)

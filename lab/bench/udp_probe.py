@@ -12,6 +12,7 @@ import socket
 import threading
 import time
 from collections.abc import Mapping, Sequence
+from contextlib import suppress
 from dataclasses import dataclass, field
 
 from lab import netns
@@ -51,10 +52,8 @@ def _send_loop(flows: Mapping[int, Flow], socks: Mapping[int, socket.socket], en
             if flow.start <= now < flow.stop:
                 seq = len(flow.sent)
                 flow.sent.append(now)
-                try:
+                with suppress(OSError):  # a refused send is a drop like any other
                     socks[k].sendto(f"{k},{seq}".encode(), target)
-                except OSError:
-                    pass  # a send the kernel refuses is a drop like any other
         tick += PERIOD_S
         time.sleep(max(0.0, tick - time.perf_counter()))
 

@@ -153,6 +153,12 @@ def wireguard_go_steps(ifname: str) -> dict[str, Any]:
     }
 
 
+def wireguard_go_pid(ifname: str) -> int | None:
+    from agent.wg_userspace import daemon_pid
+
+    return daemon_pid(ifname)
+
+
 def wg_dump(ns: str, ifname: str) -> list[list[str]]:
     lines = ns_run(ns, "wg", "show", ifname, "dump").strip().splitlines()
     return [line.split("\t") for line in lines[1:]]
@@ -283,6 +289,7 @@ def test_agent_restart_after_sigkill_reuses_the_tunnel_and_never_extends(
         capture_output=True, text=True, check=True,
     ).stdout.strip()  # fmt: skip
     assert daemon == "51901"
+    pid = ns_call(ns, wireguard_go_pid, ifname)
     assert agent.stop(signal.SIGKILL) == -signal.SIGKILL
     time.sleep(2.2)  # the agent is dead; the kernel's clock runs on
     assert [row[0] for row in wg_dump(ns, ifname)] == [key(1)]  # wireguard-go survived
@@ -290,6 +297,7 @@ def test_agent_restart_after_sigkill_reuses_the_tunnel_and_never_extends(
     agent.start()  # same (now stale) document: expires_in still says 120
     status = agent.wait_revision(1)
     assert status["sessions"]["s1"]["peer"] is True
+    assert ns_call(ns, wireguard_go_pid, ifname) == pid  # the same daemon, reused
     assert status["sessions"]["s1"]["remaining"] <= 118.5
     assert status["elements"][0]["expires"] <= 118
     assert "event=start" in agent.log.read_text()

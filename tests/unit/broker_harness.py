@@ -78,7 +78,7 @@ class Harness:
     async def call(
         self, method: str, path: str, token: str | None = None, **kwargs: Any
     ) -> httpx.Response:
-        headers = bearer(token) if token else {}
+        headers = {**(bearer(token) if token else {}), **kwargs.pop("headers", {})}
         return await self.client.request(method, path, headers=headers, **kwargs)
 
     async def ok(self, method: str, path: str, token: str, **kwargs: Any) -> Any:

@@ -265,3 +265,25 @@ async def test_state_survives_a_restart(harness: Harness, tmp_path: object) -> N
         verify = await client.get("/v1/audit/verify", headers={"Authorization": f"Bearer {w.admin}"})
         assert verify.json()["ok"] is True
     app.state.broker.engine.dispose()
+
+
+async def test_concurrent_approvals_get_distinct_tunnel_addresses(harness: Harness) -> None:
+    import anyio
+
+    h = harness
+    w = await h.world()
+    sids = [(await h.request(w.tech_a, "ann-house", ["tv:tcp/443"]))["id"] for _ in range(12)]
+    statuses: list[int] = []
+
+    async def approve(sid: str) -> None:
+        statuses.append((await h.call("POST", f"/v1/sessions/{sid}/approve", w.owner_a)).status_code)
+
+    async with anyio.create_task_group() as group:
+        for sid in sids:
+            group.start_soon(approve, sid)
+    assert statuses == [200] * 12
+    listed = await h.ok("GET", "/v1/sessions?state=approved", w.owner_a)
+    ips = [s["tunnel_ip"] for s in listed["sessions"]]
+    assert len(ips) == 12 and len(set(ips)) == 12
+    doc = await h.ok("GET", "/v1/agent/state?after=0&wait=0", w.agent_a)
+    assert doc["revision"] == 13 and len(doc["sessions"]) == 12

@@ -107,7 +107,7 @@ REQUEST_CASES = [
     ({"duration_s": 8 * 3600 + 1}, "cap"),
     ({"duration_s": "1h"}, "duration_s"),
     ({"public_key": "not-a-key"}, "key"),
-    ({"public_key": "A" * 43 + "="}, "key"),
+    ({"public_key": "A" * 42 + "=="}, "key"),  # base64, but 31 bytes
     ({"reason": ""}, "reason"),
     ({"home": "bert-flat"}, "not found"),
     ({"home": "nowhere"}, "not found"),
@@ -132,7 +132,7 @@ async def test_bad_requests_are_refused(
 async def test_public_key_that_is_valid_base64_but_short_is_refused(harness: Harness) -> None:
     h = harness
     w = await h.world()
-    short = "AAAA" * 10 + "AA=="  # 44 characters, 32 bytes? no: 31 bytes
+    short = "AAAA" * 10 + "AA=="  # 44 characters of base64 that decode to 31 bytes
     response = await h.call(
         "POST",
         "/v1/sessions",

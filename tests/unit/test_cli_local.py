@@ -6,6 +6,7 @@ import shutil
 import socket
 import stat
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -164,3 +165,16 @@ def test_clock_shows_date_only_when_not_today() -> None:
     assert clock("2026-11-22T14:32:05Z", now) == "14:32 UTC"
     assert clock("2026-11-23T01:00:00+00:00", now) == "2026-11-23 01:00 UTC"
     assert clock(None, now) == "-"
+
+
+CLIENT_MODULES = ["users", "homes", "devices", "sessions", "audit"]
+SERVER_ONLY = ["fastapi", "sqlalchemy", "pydantic", "starlette", "cryptography", "segno"]
+
+
+def test_client_commands_import_no_server_or_crypto_packages() -> None:
+    """The technician's bare install has typer and httpx only; lazy imports keep it so."""
+    imports = "; ".join(f"import broker.cli.{m}" for m in CLIENT_MODULES)
+    check = f"import sys; {imports}; print(sorted(set(sys.modules) & {set(SERVER_ONLY)!r}))"
+    result = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"

@@ -1,0 +1,357 @@
+"""The client commands end to end: the real ``ztb`` against the real broker over real HTTPS.
+
+The broker runs in a uvicorn thread on a free 127.0.0.1 port with its own CA, so every run
+also checks ``--ca-cert`` trust. The agent side is one enrollment call (no router needed).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import socket
+import sqlite3
+import ssl
+import stat
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import pyotp
+import pytest
+import uvicorn
+
+from agent.enroll import new_tls_key_and_csr
+from broker.app import create_app
+from broker.bootstrap import bootstrap
+from broker.cli.sessions import key_pair
+from broker.config import Settings
+from broker.pki import ensure_server_certificate, fingerprint, load_or_create_ca
+from broker.tls_server import https_config
+from ztb.cli import main
+
+STARTUP_TIMEOUT_S = 10.0
+
+
+@dataclass
+class LiveBroker:
+    url: str
+    ca_cert: Path
+    data_dir: Path
+    admin: str
+
+
+@pytest.fixture
+def live_broker(tmp_path: Path) -> Iterator[LiveBroker]:
+    """A bootstrapped broker serving HTTPS in a background thread, stopped afterwards."""
+    data_dir = tmp_path / "broker"
+    data_dir.mkdir(mode=0o700)
+    now = datetime.now(UTC)
+    ca = load_or_create_ca(data_dir, now)
+    ensure_server_certificate(data_dir, ca, ["127.0.0.1"], now)
+    settings = Settings(data_dir=data_dir, ca_fingerprint=fingerprint(ca.certificate))
+    admin = bootstrap(settings, "admin@example.com")["token"]
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    app = create_app(settings)
+    server = uvicorn.Server(
+        https_config(app, data_dir, "127.0.0.1", port, log_config=None, access_log=False)
+    )
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        while not server.started:
+            if time.monotonic() > deadline or not thread.is_alive():
+                raise RuntimeError("broker did not start")
+            time.sleep(0.02)
+        yield LiveBroker(f"https://127.0.0.1:{port}", data_dir / "ca.pem", data_dir, admin)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=STARTUP_TIMEOUT_S)
+        sock.close()
+
+
+@pytest.fixture
+def ztb_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("ZTB_HOME", str(tmp_path / "tech"))
+    return tmp_path / "tech"
+
+
+class Cli:
+    """Runs ``ztb`` in-process as one person; broker and CA come from the environment."""
+
+    def __init__(self, capsys: pytest.CaptureFixture[str], token: str) -> None:
+        self.capsys, self.token = capsys, token
+
+    def run(self, *args: str) -> tuple[int, str, str]:
+        self.capsys.readouterr()
+        code = main([*args, "--token", self.token])
+        out, err = self.capsys.readouterr()
+        return code, out, err
+
+    def ok(self, *args: str) -> str:
+        code, out, err = self.run(*args)
+        assert code == 0, err
+        return out
+
+    def json(self, *args: str) -> dict[str, object]:
+        out = self.ok(*args, "--json")
+        assert out.count("\n") == 1, out  # exactly one object, one line
+        data = json.loads(out)
+        assert isinstance(data, dict)
+        return data
+
+    def fails(self, *args: str) -> str:
+        code, out, err = self.run(*args)
+        assert code != 0, out
+        assert out == ""
+        assert err.count("\n") == 1 and err.startswith("ztb: error: "), err
+        assert "Traceback" not in err
+        return err.strip()
+
+
+@dataclass
+class People:
+    admin: Cli
+    owner: Cli
+    tech: Cli
+    home_id: str
+
+
+def enroll_agent(broker: LiveBroker, token: str) -> str:
+    """What ``ztb agent enroll`` sends; returns the router's WireGuard public key."""
+    _, public_key = key_pair()
+    _, csr_pem = new_tls_key_and_csr("ztb-agent")
+    body = {
+        "token": token,
+        "csr_pem": csr_pem,
+        "wg_public_key": public_key,
+        "interface": "ztb0",
+        "listen_port": 51820,
+        "endpoint": "203.0.113.10:51820",
+    }
+    with httpx.Client(verify=ssl.create_default_context(cafile=broker.ca_cert)) as http:
+        response = http.post(f"{broker.url}/v1/agent/enroll", json=body)
+    assert response.status_code == 201, response.text
+    return public_key
+
+
+@pytest.fixture
+def people(
+    live_broker: LiveBroker,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    ztb_home: Path,
+) -> People:
+    """Admin sets up a homeowner with an enrolled home and two devices, and a technician."""
+    monkeypatch.setenv("ZTB_BROKER", live_broker.url)
+    monkeypatch.setenv("ZTB_CA_CERT", str(live_broker.ca_cert))
+    admin = Cli(capsys, live_broker.admin)
+
+    created = admin.json("user", "create", "ann@example.com", "--role", "homeowner")
+    assert {"id", "token"} <= created.keys()
+    owner = Cli(capsys, str(created["token"]))
+    # Human output: the token alone on stdout (for $(...)), the sentence on stderr.
+    code, out, err = admin.run("user", "create", "tina@example.com", "--role", "technician")
+    assert code == 0 and "created technician tina@example.com" in err
+    tech = Cli(capsys, out.strip())
+    assert "tina@example.com" in tech.ok("user", "whoami")
+
+    home = admin.json(
+        "home", "create", "ann-house", "--owner", "ann@example.com", "--lan", "192.168.1.0/24"
+    )
+    assert str(home["id"]).startswith("home_")
+    owner.ok("device", "add", "ann-house", "thermostat", "--ip", "192.168.1.20")
+    owner.ok(
+        "device", "add", "ann-house", "tv", "--ip", "192.168.1.30", "--mac", "aa:bb:cc:00:11:22"
+    )
+    enroll_token = admin.ok("home", "enroll-token", "ann-house", "--ttl", "5m").strip()
+    enroll_agent(live_broker, enroll_token)
+    return People(admin, owner, tech, str(home["id"]))
+
+
+def test_full_story(people: People, ztb_home: Path, tmp_path: Path) -> None:
+    admin, owner, tech = people.admin, people.owner, people.tech
+    devices = owner.ok("device", "list", "ann-house").splitlines()
+    assert devices[0].split() == ["ID", "NAME", "IP", "MAC"]
+    assert any(line.split()[1:] == ["tv", "192.168.1.30", "aa:bb:cc:00:11:22"] for line in devices)
+    shown = admin.ok("home", "show", "ann-house")
+    assert "203.0.113.10:51820" in shown and "CERTIFICATE EXPIRES" in shown
+
+    # Technician asks; the key pair is made here and only the public half is sent.
+    session_id = tech.ok(
+        "session", "request", "--home", "ann-house",
+        "--grant", "thermostat:tcp/443", "--grant", "tv:tcp/8000-8010",
+        "--duration", "30m", "--reason", "thermostat firmware",
+    ).strip()  # fmt: skip
+    assert session_id.startswith("ses_")
+    key_file = ztb_home / "keys" / f"{session_id}.key"
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    private_key = key_file.read_text().strip()
+    session = tech.json("session", "show", session_id)
+    assert session["public_key"] == key_pair(private_key)[1]
+    assert session["key_origin"] == "technician"
+    assert [p.name for p in (ztb_home / "keys").iterdir()] == [key_file.name]
+
+    approved = owner.ok("session", "approve", session_id, "--duration", "20m")
+    assert approved.startswith(f"session {session_id}  approved  thermostat 192.168.1.20 tcp/443")
+    assert "tv 192.168.1.30 tcp/8000-8010" in approved and "expires " in approved
+    listed = owner.ok("session", "list", "--home", "ann-house", "--state", "approved")
+    assert session_id in listed
+
+    # The config: local private key filled in, split tunnel to exactly the two devices.
+    conf = tmp_path / "ztbt0.conf"
+    assert "wg-quick up" in tech.ok("session", "config", session_id, "--output", str(conf))
+    assert stat.S_IMODE(conf.stat().st_mode) == 0o600
+    text = conf.read_text()
+    lines = text.splitlines()
+    assert f"PrivateKey = {private_key}" in lines
+    assert "AllowedIPs = 192.168.1.20/32, 192.168.1.30/32" in lines
+    assert f"Address = {tech.json('session', 'show', session_id)['tunnel_ip']}/32" in lines
+    assert tech.ok("session", "config", session_id) == text
+    wg_quick = shutil.which("wg-quick")
+    assert wg_quick is not None, "wg-quick is a required tool (see Makefile APT_PACKAGES)"
+    stripped = subprocess.run([wg_quick, "strip", str(conf)], capture_output=True, text=True)
+    assert stripped.returncode == 0 and stripped.stderr == "", stripped.stderr
+    assert f"PrivateKey = {private_key}" in stripped.stdout
+    qr = tech.ok("session", "config", session_id, "--qr")
+    assert "█" in qr or "▀" in qr
+
+    revoked = tech.ok("session", "revoke", session_id, "--reason", "done")
+    assert f"session {session_id}  ended (revoked)" in revoked
+    assert "not live" in tech.fails("session", "config", session_id)
+
+    report = owner.ok("session", "report", session_id)
+    assert "approved by" in report
+    assert "thermostat 192.168.1.20 tcp/443" in report
+    for action in ("session.requested", "session.approved", "session.ended"):
+        assert action in report
+    report_json = owner.json("session", "report", session_id)
+    assert report_json["session"]["id"] == session_id  # type: ignore[index]
+
+    assert admin.ok("audit", "verify").startswith("audit chain ok: ")
+    exported = [json.loads(line) for line in admin.ok("audit", "export").splitlines()]
+    assert [e["seq"] for e in exported] == list(range(1, len(exported) + 1))
+    assert len(admin.json("audit", "export")["events"]) == len(exported)  # type: ignore[arg-type]
+
+
+def test_audit_verify_fails_on_an_edited_event(people: People, live_broker: LiveBroker) -> None:
+    people.admin.ok("audit", "verify")
+    with sqlite3.connect(live_broker.data_dir / "broker.db") as db:
+        db.execute("UPDATE audit_events SET actor = 'mallory' WHERE seq = 3")
+    message = people.admin.fails("audit", "verify")
+    assert "audit chain broken at event 3" in message
+
+
+def test_json_output_of_creating_commands(people: People) -> None:
+    device = people.owner.json("device", "add", "ann-house", "camera", "--ip", "192.168.1.40")
+    assert str(device["id"]).startswith("dev_")
+    token = people.tech.json("user", "token", "create", "--name", "laptop", "--ttl", "1h")
+    assert {"id", "token"} <= token.keys()
+    enroll = people.admin.json("home", "enroll-token", "ann-house")
+    assert {"id", "token"} <= enroll.keys()
+    session = people.tech.json(
+        "session", "request", "--home", people.home_id, "--grant", "camera:tcp/554",
+        "--duration", "10m", "--reason", "check stream",
+    )  # fmt: skip
+    assert str(session["id"]).startswith("ses_") and session["state"] == "requested"
+    assert str(session["private_key_file"]).endswith(f"{session['id']}.key")
+
+
+def test_tokens_and_totp(people: People, capsys: pytest.CaptureFixture[str]) -> None:
+    issued = people.tech.json("user", "token", "create")
+    second = Cli(capsys, str(issued["token"]))
+    assert "tina@example.com" in second.ok("user", "whoami")
+    assert str(issued["id"]) in people.tech.ok("user", "token", "list")
+    people.tech.ok("user", "token", "revoke", str(issued["id"]))
+    assert "(HTTP 401)" in second.fails("user", "whoami")
+
+    enrollment = people.owner.json("user", "totp", "enable")
+    assert str(enrollment["uri"]).startswith("otpauth://totp/")
+    totp = pyotp.TOTP(str(enrollment["secret"]))
+    # Each time step is good once: confirm with the previous step's code, approve with now's.
+    previous = totp.at(time.time() - 30)
+    assert people.owner.ok("user", "totp", "confirm", previous).strip() == "TOTP is on"
+    people.owner.ok("home", "policy", "ann-house", "--require-totp", "--max-duration", "45m")
+    shown = people.owner.ok("home", "policy", "ann-house")
+    assert "require totp  yes" in shown and "max duration  45m" in shown
+
+    session_id = people.tech.ok(
+        "session", "request", "--home", "ann-house", "--grant", "tv:tcp/80",
+        "--duration", "15m", "--reason", "update", "--no-local-key",
+    ).strip()  # fmt: skip
+    assert "TOTP" in people.owner.fails("session", "approve", session_id)
+    approved = people.owner.json("session", "approve", session_id, "--totp", totp.now())
+    assert approved["state"] == "approved" and approved["key_origin"] == "broker"
+    # A broker-made key is revealed in the first download only.
+    first = people.tech.ok("session", "config", session_id)
+    assert "<your private key>" not in first
+    assert "not on this machine" in people.tech.fails("session", "config", session_id)
+
+
+def test_errors_are_one_line(people: People) -> None:
+    assert "(HTTP 404)" in people.tech.fails("session", "show", "ses_doesnotexist")
+    assert "grant must look like" in people.tech.fails(
+        "session", "request", "--home", "ann-house", "--grant", "thermostat/443",
+        "--duration", "30m", "--reason", "x",
+    )  # fmt: skip
+    assert "(HTTP 403)" in people.tech.fails(
+        "home", "create", "x", "--owner", "a", "--lan", "10.9.0.0/24"
+    )
+    assert "thermostat" in people.owner.fails(
+        "device", "add", "ann-house", "thermostat", "--ip", "192.168.1.99"
+    )
+
+
+def test_deny_cancel_escalate_and_remove(people: People, ztb_home: Path) -> None:
+    owner, tech = people.owner, people.tech
+
+    def request(grant: str) -> str:
+        args = ["--duration", "10m", "--reason", "look"]
+        return tech.ok("session", "request", "--home", "ann-house", "--grant", grant, *args).strip()
+
+    denied = owner.ok("session", "deny", request("tv:tcp/80"), "--reason", "not today")
+    assert "ended (denied)" in denied
+    cancelled = request("tv:tcp/81")
+    assert "ended (cancelled)" in tech.ok("session", "cancel", cancelled)
+    assert "nothing to deny" in owner.fails("session", "deny", cancelled)
+
+    live = request("thermostat:tcp/443")
+    owner.ok("session", "approve", live)
+    asked = tech.ok("session", "add-grant", live, "--grant", "tv:udp/5353")
+    assert "pending tv 192.168.1.30 udp/5353" in asked
+    assert "pending" in tech.ok("session", "show", live)
+    widened = owner.json("session", "approve", live)
+    assert widened["pending_grants"] == []
+    assert len(widened["grants"]) == 2  # type: ignore[arg-type]
+    assert "grant must look like" in tech.fails("session", "add-grant", live, "--grant", "tv")
+
+    # One key per request that reached the broker, none left half-written.
+    keys = sorted(p.stem for p in (ztb_home / "keys").iterdir())
+    assert len(keys) == 3 and all(k.startswith("ses_") for k in keys) and live in keys
+
+    assert "removed tv from ann-house" in owner.ok("device", "remove", "ann-house", "tv")
+    assert "tv" not in owner.ok("device", "list", "ann-house").split()
+
+
+def test_password_login(
+    people: People, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("sys.stdin", io.StringIO("correct horse\n"))
+    people.admin.ok("user", "create", "tom@example.com", "--role", "technician", "--password-stdin")
+    monkeypatch.setattr("sys.stdin", io.StringIO("correct horse\n"))
+    capsys.readouterr()
+    assert main(["user", "login", "tom@example.com", "--password-stdin", "--json"]) == 0
+    issued = json.loads(capsys.readouterr().out)
+    assert "tom@example.com" in Cli(capsys, str(issued["token"])).ok("user", "whoami")
+    monkeypatch.setattr("sys.stdin", io.StringIO("wrong\n"))
+    assert main(["user", "login", "tom@example.com", "--password-stdin"]) != 0
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "(HTTP 401)" in err
