@@ -101,6 +101,11 @@ def _install_error_handlers(app: FastAPI, broker: Broker) -> None:
     async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
         return JSONResponse({"detail": _flatten(exc)}, 422)
 
+    @app.exception_handler(Exception)
+    async def internal(request: Request, exc: Exception) -> JSONResponse:
+        log.error("unhandled error", exc_info=exc, extra={"path": request.url.path})
+        return JSONResponse({"detail": "internal error; see the broker log"}, 500)
+
 
 def _install_access_log(app: FastAPI, metrics: Metrics) -> None:
     @app.middleware("http")

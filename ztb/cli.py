@@ -12,7 +12,6 @@ import os
 import sys
 import traceback
 
-import click
 import typer
 
 # group name -> (module holding ``app``, one-line help)
@@ -41,6 +40,28 @@ def _fail(message: str, code: int = 1) -> int:
     return code
 
 
+def _exit_code_for(exc: Exception, group: str) -> int:
+    """Map an exception to an exit code, printing at most one line.
+
+    typer vendors its own copy of click, so its exceptions are recognised by shape
+    (``exit_code`` + ``format_message``) rather than by class.
+    """
+    name = type(exc).__name__
+    code = getattr(exc, "exit_code", None)
+    if name == "Exit":
+        return int(code or 0)
+    if name == "Abort":
+        return _fail("aborted", 130)
+    if name == "NoArgsIsHelpError":
+        return 2  # the group's help was just printed
+    format_message = getattr(exc, "format_message", None)
+    if isinstance(code, int) and callable(format_message):
+        return _fail(str(format_message()), code)
+    if isinstance(exc, ModuleNotFoundError):
+        return _fail(f"'ztb {group}' needs a missing dependency ({exc.name}); install ztb[{group}]")
+    return _fail(str(exc) or name)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in ("-h", "--help", "help"):
@@ -54,20 +75,10 @@ def main(argv: list[str] | None = None) -> int:
         app: typer.Typer = importlib.import_module(module_name).app
         command = typer.main.get_command(app)
         result = command.main(args=args[1:], prog_name=f"ztb {group}", standalone_mode=False)
-    except click.exceptions.Exit as exc:
-        return int(exc.exit_code)
-    except click.exceptions.Abort:
-        return _fail("aborted", 130)
-    except click.ClickException as exc:
-        return _fail(exc.format_message(), exc.exit_code)
     except KeyboardInterrupt:
         return _fail("interrupted", 130)
-    except ModuleNotFoundError as exc:
-        if os.environ.get("ZTB_DEBUG"):
-            traceback.print_exc()
-        return _fail(f"'ztb {group}' needs a missing dependency ({exc.name}); install ztb[{group}]")
     except Exception as exc:  # the contract: never a traceback, one line and non-zero
         if os.environ.get("ZTB_DEBUG"):
             traceback.print_exc()
-        return _fail(str(exc) or type(exc).__name__)
+        return _exit_code_for(exc, group)
     return result if isinstance(result, int) else 0

@@ -11,6 +11,8 @@ import base64
 import os
 import re
 import secrets
+import shutil
+import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -33,6 +35,7 @@ from broker.cli.common import (
     print_json,
     table,
 )
+from broker.client import BrokerClient
 from netpolicy import Grant, PolicyError, format_duration, validate_public_key
 
 app = typer.Typer(
@@ -80,30 +83,59 @@ def _b64(raw: bytes) -> str:
     return base64.b64encode(raw).decode()
 
 
-def key_pair(private_key: str | None = None) -> tuple[str, str]:
-    """``(private, public)`` in wg's base64; a fresh private key unless one is given.
+KeyPair = tuple[str, str]
 
-    Uses ``cryptography`` when present, else the pure-Python X25519 of ``wireguard_tools``;
-    both are optional so that the bare CLI stays small.
-    """
+
+def _pair_with_cryptography(private_key: str | None) -> KeyPair | None:
     try:
         from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
     except ImportError:
-        try:
-            from wireguard_tools.wireguard_key import WireguardKey
-        except ImportError:
-            raise RuntimeError(
-                "making a WireGuard key needs the 'cryptography' package "
-                "(pip install cryptography), or pass --no-local-key"
-            ) from None
-        wg_key = WireguardKey(private_key) if private_key else WireguardKey.generate()
-        return str(wg_key), str(wg_key.public_key())
+        return None
     key = (
         X25519PrivateKey.from_private_bytes(base64.b64decode(private_key))
         if private_key
         else X25519PrivateKey.generate()
     )
     return _b64(key.private_bytes_raw()), _b64(key.public_key().public_bytes_raw())
+
+
+def _pair_with_wireguard_tools(private_key: str | None) -> KeyPair | None:
+    try:
+        from wireguard_tools.wireguard_key import WireguardKey
+    except ImportError:
+        return None
+    key = WireguardKey(private_key) if private_key else WireguardKey.generate()
+    return str(key), str(key.public_key())
+
+
+def _pair_with_wg_tool(private_key: str | None) -> KeyPair | None:
+    """``wg genkey``/``wg pubkey``: present wherever wg-quick is, so a bare install works."""
+    wg = shutil.which("wg")
+    if wg is None:
+        return None
+    if private_key is None:
+        made = subprocess.run([wg, "genkey"], capture_output=True, text=True, check=True)
+        private_key = made.stdout.strip()
+    public = subprocess.run([wg, "pubkey"], input=private_key, capture_output=True, text=True)
+    if public.returncode != 0:
+        raise RuntimeError(f"wg pubkey refused the key: {public.stderr.strip()}")
+    return private_key, public.stdout.strip()
+
+
+def key_pair(private_key: str | None = None) -> KeyPair:
+    """``(private, public)`` in wg's base64; a fresh private key unless one is given.
+
+    Tries ``cryptography``, then the pure-Python X25519 of ``wireguard_tools``, then the
+    ``wg`` tool: none is a dependency of the bare CLI, which must stay small.
+    """
+    for make in (_pair_with_cryptography, _pair_with_wireguard_tools, _pair_with_wg_tool):
+        pair = make(private_key)
+        if pair is not None:
+            return pair
+    raise RuntimeError(
+        "making a WireGuard key needs the 'cryptography' package (pip install cryptography) "
+        "or the wg tool (wireguard-tools); or pass --no-local-key"
+    )
 
 
 def _read_key_file(path: Path) -> str:
@@ -257,6 +289,19 @@ def request_session(
     emit_created(as_json, session, session_id, note)
 
 
+def _change(
+    broker: str | None,
+    token: str | None,
+    ca_cert: Path | None,
+    as_json: bool,
+    change: Callable[[BrokerClient], dict[str, Any]],
+) -> None:
+    """Run one state change and print the session as it is afterwards."""
+    with connect(broker, token, ca_cert) as client:
+        session = change(client)
+    emit(as_json, session, describe(session))
+
+
 @app.command("approve")
 def approve_session(
     session_id: SessionArgument,
@@ -271,9 +316,13 @@ def approve_session(
 ) -> None:
     """Approve a requested session (or its pending extra grants)."""
     duration_s = duration_seconds(duration, "--duration") if duration else None
-    with connect(broker, token, ca_cert) as client:
-        session = client.approve_session(session_id, duration_s, totp)
-    emit(as_json, session, describe(session))
+    _change(
+        broker,
+        token,
+        ca_cert,
+        as_json,
+        lambda client: client.approve_session(session_id, duration_s, totp),
+    )
 
 
 @app.command("deny")
@@ -286,9 +335,7 @@ def deny_session(
     as_json: JsonOption = False,
 ) -> None:
     """Refuse a requested session."""
-    with connect(broker, token, ca_cert) as client:
-        session = client.deny_session(session_id, reason)
-    emit(as_json, session, describe(session))
+    _change(broker, token, ca_cert, as_json, lambda client: client.deny_session(session_id, reason))
 
 
 @app.command("revoke")
@@ -301,9 +348,9 @@ def revoke_session(
     as_json: JsonOption = False,
 ) -> None:
     """End a live session now: the router drops the peer and its rules."""
-    with connect(broker, token, ca_cert) as client:
-        session = client.revoke_session(session_id, reason)
-    emit(as_json, session, describe(session))
+    _change(
+        broker, token, ca_cert, as_json, lambda client: client.revoke_session(session_id, reason)
+    )
 
 
 @app.command("cancel")
@@ -315,9 +362,7 @@ def cancel_session(
     as_json: JsonOption = False,
 ) -> None:
     """Withdraw your own request before it is approved."""
-    with connect(broker, token, ca_cert) as client:
-        session = client.cancel_session(session_id)
-    emit(as_json, session, describe(session))
+    _change(broker, token, ca_cert, as_json, lambda client: client.cancel_session(session_id))
 
 
 @app.command("add-grant")
@@ -331,9 +376,7 @@ def add_grant(
 ) -> None:
     """Ask for more devices or ports in a live session; the owner approves them again."""
     grants = grant_texts(grant or [])
-    with connect(broker, token, ca_cert) as client:
-        session = client.add_grants(session_id, grants)
-    emit(as_json, session, describe(session))
+    _change(broker, token, ca_cert, as_json, lambda client: client.add_grants(session_id, grants))
 
 
 @app.command("show")

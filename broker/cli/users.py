@@ -63,6 +63,10 @@ def _user_id(client: BrokerClient, user: str | None) -> str:
     raise typer.BadParameter(f"no user with email {user!r}", param_hint="USER")
 
 
+def _yes(value: object) -> str:
+    return "yes" if value else "no"
+
+
 @app.command("create")
 def create_user(
     email: str,
@@ -138,10 +142,6 @@ def login(
         str(issued.get("token", "")),
         f"logged in as {email}; token expires {clock(issued.get('expires_at'))}:",
     )
-
-
-def _yes(value: object) -> str:
-    return "yes" if value else "no"
 
 
 @token_app.command("create")

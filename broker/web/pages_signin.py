@@ -1,19 +1,23 @@
-"""Sign in (password + TOTP through the API's own login), sign out, and the start page."""
+"""Sign in (password + TOTP through the API's own login), sign out, the start page, and the
+account page where a person sets up their authenticator app."""
 
 from __future__ import annotations
 
+import io
 from typing import Annotated
 
+import pyotp
+import segno
 from fastapi import APIRouter, Form, Request, Response
 from fastapi.responses import RedirectResponse
 from sqlalchemy import select
 
 from broker.auth import broker_of
-from broker.db.models import ApiToken
+from broker.db.models import ApiToken, User
 from broker.errors import ApiError
 from broker.ids import digest
-from broker.routes.identity import login, revoke_token
-from broker.schemas import Login
+from broker.routes.identity import confirm_totp, login, me, revoke_token, start_totp
+from broker.schemas import Login, TotpCode
 
 from .deps import SignInRequired, Viewer, current_viewer
 from .render import cookie_policy, page
@@ -88,3 +92,47 @@ def sign_out(request: Request, viewer: Viewer) -> Response:
     response = RedirectResponse("/web/login", status_code=303)
     cookie_policy(request).clear_session(response)
     return response
+
+
+@router.get("/account")
+def account(request: Request, viewer: Viewer) -> Response:
+    return page(request, "account.html", {"title": "Your account", "me": me(request, viewer)})
+
+
+def _setup_page(request: Request, secret: str, uri: str, message: str = "") -> Response:
+    svg = io.BytesIO()
+    segno.make(uri).save(svg, kind="svg", scale=5, xmldecl=False, title="Authenticator")
+    context = {
+        "title": "Set up your authenticator",
+        "secret": secret,
+        "qr_svg": svg.getvalue().decode(),
+        "message": message,
+    }
+    return page(request, "account_totp.html", context, status=422 if message else 200)
+
+
+@router.post("/account/totp")
+def start_authenticator(request: Request, viewer: Viewer) -> Response:
+    """A new TOTP secret as a QR code for the authenticator app; it is on only after a code."""
+    started = start_totp(request, viewer)
+    return _setup_page(request, started["secret"], started["uri"])
+
+
+@router.post("/account/totp/confirm")
+def confirm_authenticator(
+    request: Request, viewer: Viewer, code: Annotated[str, Form(min_length=6, max_length=10)]
+) -> Response:
+    try:
+        confirm_totp(request, viewer, TotpCode(code=code.strip()))
+    except ApiError as exc:
+        if exc.status != 422:
+            raise
+        with broker_of(request).sessionmaker() as db:
+            secret = db.scalars(select(User.totp_secret).where(User.id == viewer.id)).one()
+        if secret is None:
+            raise
+        uri = pyotp.TOTP(secret).provisioning_uri(name=viewer.email, issuer_name="ztb")
+        return _setup_page(
+            request, secret, uri, "That code is wrong or already used. Try the next one."
+        )
+    return RedirectResponse("/web/account", status_code=303)

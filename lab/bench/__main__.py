@@ -40,6 +40,12 @@ def main(argv: list[str] | None = None) -> int:
     mode = FULL if args.full else QUICK
     prefix = rig.unique_prefix()
     started = time.monotonic()
+    header: dict[str, object] = {
+        "mode": mode.name,
+        "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": machine.describe(),
+        "prefix": prefix,
+    }
     results: list[Measurement] = []
     for key in args.only or list(MEASUREMENTS):
         print(f"[bench] {key} ...", file=sys.stderr, flush=True)
@@ -50,13 +56,7 @@ def main(argv: list[str] | None = None) -> int:
             result = Measurement(key, key, status="failed", why=f"{type(exc).__name__}: {exc}")
         result.seconds = time.monotonic() - begun
         results.append(result)
-    header = {
-        "mode": mode.name,
-        "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "wall_seconds": round(time.monotonic() - started, 1),
-        "machine": machine.describe(),
-        "prefix": prefix,
-    }
+    header["wall_seconds"] = round(time.monotonic() - started, 1)
     write_json(args.output, header, results)
     print(markdown(results))
     print(f"\n{mode.name} run, {header['wall_seconds']} s; wrote {args.output}")

@@ -142,6 +142,7 @@ def markdown(measurements: list[Measurement]) -> str:
     for m in measurements:
         for r in m.ratios:
             # four significant digits: a ratio next to its goal must not round onto it
-            value = f"{r.value:.4g}{'x' if r.unit == 'x' else ' ' + r.unit}"
+            shown = f"{r.value:,.0f}" if abs(r.value) >= 1000 else f"{r.value:.4g}"
+            value = f"{shown}{'x' if r.unit == 'x' else ' ' + r.unit}"
             lines.append(f"| {r.name} | {value} | {r.goal_text()} | {verdict[r.passed]} |")
     return "\n".join(lines)

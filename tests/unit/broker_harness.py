@@ -123,7 +123,9 @@ class Harness:
             (w.home_b, w.owner_b, [("camera", "10.20.0.40")]),
         ):
             for name, ip in devices:
-                await self.ok("POST", f"/v1/homes/{home}/devices", owner, json={"name": name, "ip": ip})
+                await self.ok(
+                    "POST", f"/v1/homes/{home}/devices", owner, json={"name": name, "ip": ip}
+                )
         w.agent_a = await self.enroll(w.admin, w.home_a, "203.0.113.10:51820")
         w.agent_b = await self.enroll(w.admin, w.home_b, "203.0.113.20:51820")
         return w

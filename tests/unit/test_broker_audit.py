@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import threading
@@ -43,7 +44,7 @@ async def test_untouched_chain_verifies_and_exports(harness: Harness) -> None:
     assert export.headers["content-type"].startswith("application/x-ndjson")
     events = [json.loads(line) for line in export.text.splitlines()]
     assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
-    assert all(b["prev_hash"] == a["hash"] for a, b in zip(events, events[1:], strict=False))
+    assert all(b["prev_hash"] == a["hash"] for a, b in itertools.pairwise(events))
     assert result["events"] == len(events)
     key = h.data_dir / "audit-signing.key"
     assert key.stat().st_mode & 0o777 == 0o600
@@ -56,7 +57,10 @@ async def test_edited_event_is_named(harness: Harness) -> None:
         db.execute(update(AuditEvent).where(AuditEvent.seq == 12).values(actor="user:someone_else"))
     result = await verify(h, admin)
     assert result["ok"] is False
-    assert result["first_bad"] == {"seq": 12, "problem": "event 12 was edited (hash does not match content)"}
+    assert result["first_bad"] == {
+        "seq": 12,
+        "problem": "event 12 was edited (hash does not match content)",
+    }
 
 
 async def test_removed_event_is_named(harness: Harness) -> None:
@@ -125,7 +129,9 @@ async def test_concurrent_appends_never_fork_the_chain(harness: Harness) -> None
         except BaseException as exc:  # pragma: no cover - reported below
             errors.append(exc)
 
-    threads = [threading.Thread(target=writer, args=(n,)) for n in range(min(8, os.cpu_count() or 2) + 4)]
+    threads = [
+        threading.Thread(target=writer, args=(n,)) for n in range(min(8, os.cpu_count() or 2) + 4)
+    ]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -134,5 +140,7 @@ async def test_concurrent_appends_never_fork_the_chain(harness: Harness) -> None
     result = await verify(h, admin)
     assert result["ok"] is True
     with h.broker.sessionmaker() as db:
-        count = len(db.scalars(select(AuditEvent.seq).where(AuditEvent.action == "test.append")).all())
+        count = len(
+            db.scalars(select(AuditEvent.seq).where(AuditEvent.action == "test.append")).all()
+        )
     assert count == 10 * len(threads)

@@ -103,7 +103,9 @@ CASES = [
         "/v1/homes/{home}/policy",
         "",
         OWNER_READ,
-        lambda s: {"technicians": ["tina@example.com" if s.home_name == "ann-house" else "tom@example.com"]},
+        lambda s: {
+            "technicians": ["tina@example.com" if s.home_name == "ann-house" else "tom@example.com"]
+        },
     ),
     Case(
         "enroll token",
@@ -135,7 +137,14 @@ CASES = [
         "",
         {"admin": same(200), "homeowner": (200, 404), "technician": (200, 404)},
     ),
-    Case("patch device", "PATCH", "/v1/homes/{home}/devices/{device}", "device", OWNER_READ, lambda s: {}),
+    Case(
+        "patch device",
+        "PATCH",
+        "/v1/homes/{home}/devices/{device}",
+        "device",
+        OWNER_READ,
+        lambda s: {},
+    ),
     Case(
         "delete device",
         "DELETE",
@@ -149,7 +158,12 @@ CASES = [
         "/v1/sessions",
         "",
         {"admin": same(403), "homeowner": same(403), "technician": (201, 404)},
-        lambda s: {"home": s.home, "grants": [f"{s.device}:tcp/443"], "duration_s": 60, "reason": "r"},
+        lambda s: {
+            "home": s.home,
+            "grants": [f"{s.device}:tcp/443"],
+            "duration_s": 60,
+            "reason": "r",
+        },
     ),
     Case("list sessions", "GET", "/v1/sessions", "", ALL_200),
     Case(
@@ -230,8 +244,12 @@ AGENT_ROUTES = [("GET", "/v1/agent/state?wait=0"), ("POST", "/v1/agent/report")]
 
 async def setup(h: Harness) -> tuple[World, Side, Side]:
     w = await h.world()
-    await h.ok("PUT", f"/v1/homes/{w.home_a}/policy", w.owner_a, json={"technicians": ["tina@example.com"]})
-    await h.ok("PUT", f"/v1/homes/{w.home_b}/policy", w.owner_b, json={"technicians": ["tom@example.com"]})
+    await h.ok(
+        "PUT", f"/v1/homes/{w.home_a}/policy", w.owner_a, json={"technicians": ["tina@example.com"]}
+    )
+    await h.ok(
+        "PUT", f"/v1/homes/{w.home_b}/policy", w.owner_b, json={"technicians": ["tom@example.com"]}
+    )
     a = Side(w.home_a, "ann-house", w.owner_a, w.ids["owner_a"], w.tech_a, "192.168.1.", "tv")
     b = Side(w.home_b, "bert-flat", w.owner_b, w.ids["owner_b"], w.tech_b, "10.20.0.", "camera")
     return w, a, b
@@ -240,7 +258,9 @@ async def setup(h: Harness) -> tuple[World, Side, Side]:
 async def make(h: Harness, need: str, side: Side, caller_user: str, caller: str) -> dict[str, str]:
     values = {"home": side.home, "user": caller_user}
     if need in ("requested", "approved"):
-        values["session"] = (await h.request(side.tech, side.home, [f"{side.device}:tcp/443"]))["id"]
+        values["session"] = (await h.request(side.tech, side.home, [f"{side.device}:tcp/443"]))[
+            "id"
+        ]
         if need == "approved":
             await h.ok("POST", f"/v1/sessions/{values['session']}/approve", side.owner)
     if need == "device":
@@ -248,7 +268,9 @@ async def make(h: Harness, need: str, side: Side, caller_user: str, caller: str)
             await h.ok("POST", f"/v1/homes/{side.home}/devices", side.owner, json=device_body(side))
         )["id"]
     if need == "token":
-        values["token"] = (await h.ok("POST", f"/v1/users/{caller_user}/tokens", caller, json={}))["id"]
+        values["token"] = (await h.ok("POST", f"/v1/users/{caller_user}/tokens", caller, json={}))[
+            "id"
+        ]
     return values
 
 
@@ -266,7 +288,7 @@ async def test_authorization_matrix(harness: Harness, role: str) -> None:
     caller = {"admin": w.admin, "homeowner": w.owner_a, "technician": w.tech_a}[role]
     caller_id = {"admin": "", "homeowner": w.ids["owner_a"], "technician": w.ids["tech_a"]}[role]
     me = (await h.ok("GET", "/v1/me", caller))["id"]
-    markers = FOREIGN_MARKERS.get(role, []) + [b.home, w.ids["tech_b"], w.ids["owner_b"]]
+    markers = [*FOREIGN_MARKERS.get(role, []), b.home, w.ids["tech_b"], w.ids["owner_b"]]
     failures = []
     for case in CASES:
         for which, side in (("own", a), ("foreign", b)):
@@ -279,7 +301,8 @@ async def test_authorization_matrix(harness: Harness, role: str) -> None:
             response = await h.call(case.method, path, caller, json=body)
             expected = case.expect[role][0 if which == "own" else 1]
             if response.status_code != expected:
-                failures.append(f"{case.name} {which}: {response.status_code} != {expected} {response.text[:120]}")
+                got = f"{response.status_code} {response.text[:120]}"
+                failures.append(f"{case.name} {which}: expected {expected}, got {got}")
             if response.status_code >= 400:
                 assert isinstance(response.json()["detail"], str)
             if role != "admin":
@@ -310,7 +333,7 @@ async def test_anonymous_and_wrong_credentials(harness: Harness) -> None:
 
 async def test_agent_sees_only_its_own_home(harness: Harness) -> None:
     h = harness
-    w, a, b = await setup(h)
+    w, _a, _b = await setup(h)
     sid_b = (await h.request(w.tech_b, w.home_b, ["camera:tcp/443"]))["id"]
     await h.ok("POST", f"/v1/sessions/{sid_b}/approve", w.owner_b)
     state = await h.call("GET", "/v1/agent/state?after=0&wait=0", w.agent_a)
@@ -320,7 +343,14 @@ async def test_agent_sees_only_its_own_home(harness: Harness) -> None:
     report = {
         "revision": 1,
         "elements": [
-            {"session_id": sid_b, "device_ip": "10.20.0.40", "proto": "tcp", "ports": "443", "packets": 9, "bytes": 9}
+            {
+                "session_id": sid_b,
+                "device_ip": "10.20.0.40",
+                "proto": "tcp",
+                "ports": "443",
+                "packets": 9,
+                "bytes": 9,
+            }
         ],
     }
     assert (await h.call("POST", "/v1/agent/report", w.agent_a, json=report)).status_code == 204
@@ -330,11 +360,9 @@ async def test_agent_sees_only_its_own_home(harness: Harness) -> None:
 
 async def test_foreign_attempts_are_audited(harness: Harness) -> None:
     h = harness
-    w, a, b = await setup(h)
+    w, _a, _b = await setup(h)
     sid_b = (await h.request(w.tech_b, w.home_b, ["camera:tcp/443"]))["id"]
     assert (await h.call("POST", f"/v1/sessions/{sid_b}/approve", w.owner_a)).status_code == 404
     export = await h.call("GET", "/v1/audit/export", w.admin)
     denied = [line for line in export.text.splitlines() if '"action":"denied"' in line]
     assert any(sid_b in line and "session.approve" in line for line in denied)
-
-

@@ -16,7 +16,9 @@ async def test_full_lifecycle_with_technician_key(harness: Harness) -> None:
     h = harness
     w = await h.world()
     _, public = keypair()
-    session = await h.request(w.tech_a, "ann-house", ["thermostat:tcp/443"], 1800, public_key=public)
+    session = await h.request(
+        w.tech_a, "ann-house", ["thermostat:tcp/443"], 1800, public_key=public
+    )
     assert session["state"] == "requested" and session["key_origin"] == "technician"
     sid = session["id"]
 
@@ -26,9 +28,14 @@ async def test_full_lifecycle_with_technician_key(harness: Harness) -> None:
     empty = await h.call("GET", "/v1/agent/state?after=1&wait=0", w.agent_a)
     assert empty.status_code == 204
 
-    approved = await h.ok("POST", f"/v1/sessions/{sid}/approve", w.owner_a, json={"duration_s": 900})
+    approved = await h.ok(
+        "POST", f"/v1/sessions/{sid}/approve", w.owner_a, json={"duration_s": 900}
+    )
     assert approved["state"] == "approved" and approved["duration_s"] == 900
-    assert approved["tunnel_ip"] == "100.96.0.2" and approved["approved_by"] == f"user:{w.ids['owner_a']}"
+    assert (
+        approved["tunnel_ip"] == "100.96.0.2"
+        and approved["approved_by"] == f"user:{w.ids['owner_a']}"
+    )
 
     doc = DesiredState.from_dict(await h.ok("GET", "/v1/agent/state?after=1&wait=0", w.agent_a))
     assert doc.revision == 2 and len(doc.sessions) == 1
@@ -41,8 +48,14 @@ async def test_full_lifecycle_with_technician_key(harness: Harness) -> None:
         "revision": 2,
         "peers": [{"public_key": public, "last_handshake": h.clock.now.timestamp()}],
         "elements": [
-            {"session_id": sid, "device_ip": "192.168.1.20", "proto": "tcp", "ports": "443",
-             "packets": 12, "bytes": 3400},
+            {
+                "session_id": sid,
+                "device_ip": "192.168.1.20",
+                "proto": "tcp",
+                "ports": "443",
+                "packets": 12,
+                "bytes": 3400,
+            },
         ],
     }
     assert (await h.call("POST", "/v1/agent/report", w.agent_a, json=report)).status_code == 204
@@ -132,7 +145,10 @@ async def test_every_end_reason(harness: Harness) -> None:
 
     listed = await h.ok("GET", "/v1/sessions?state=ended", w.owner_a)
     assert {s["end_reason"] for s in listed["sessions"]} == {
-        "denied", "cancelled", "revoked", "expired"
+        "denied",
+        "cancelled",
+        "revoked",
+        "expired",
     }
 
 
@@ -170,7 +186,9 @@ async def test_escalation_needs_a_second_approval(harness: Harness) -> None:
     await h.ok("POST", f"/v1/sessions/{sid}/approve", w.owner_a)
     rev = (await h.ok("GET", "/v1/agent/state?after=0&wait=0", w.agent_a))["revision"]
 
-    asked = await h.ok("POST", f"/v1/sessions/{sid}/grants", w.tech_a, json={"grants": ["tv:tcp/22"]})
+    asked = await h.ok(
+        "POST", f"/v1/sessions/{sid}/grants", w.tech_a, json={"grants": ["tv:tcp/22"]}
+    )
     assert [g["device"] for g in asked["pending_grants"]] == ["tv"]
     assert [g["device"] for g in asked["grants"]] == ["thermostat"]
     unchanged = await h.call("GET", f"/v1/agent/state?after={rev}&wait=0", w.agent_a)
@@ -185,7 +203,9 @@ async def test_escalation_needs_a_second_approval(harness: Harness) -> None:
     approved = await h.ok("POST", f"/v1/sessions/{sid}/approve", w.owner_a)
     assert sorted(g["device"] for g in approved["grants"]) == ["thermostat", "tv"]
     assert approved["pending_grants"] == [] and approved["expires_at"] is not None
-    doc = DesiredState.from_dict(await h.ok("GET", f"/v1/agent/state?after={rev}&wait=0", w.agent_a))
+    doc = DesiredState.from_dict(
+        await h.ok("GET", f"/v1/agent/state?after={rev}&wait=0", w.agent_a)
+    )
     assert len(doc.sessions[0].grants) == 2
     config = await h.call("GET", f"/v1/sessions/{sid}/wg-quick", w.tech_a)
     assert "AllowedIPs = 192.168.1.20/32, 192.168.1.30/32" in config.text
@@ -221,7 +241,9 @@ async def test_tunnel_addresses_are_unique_and_reused_after_end(harness: Harness
     assert ips == ["100.96.0.2", "100.96.0.3", "100.96.0.4"]
     await h.ok("POST", f"/v1/sessions/{sids[0]}/revoke", w.owner_a)
     sid = (await h.request(w.tech_b, "ann-house", ["tv:tcp/443"]))["id"]
-    assert (await h.ok("POST", f"/v1/sessions/{sid}/approve", w.owner_a))["tunnel_ip"] == "100.96.0.2"
+    assert (await h.ok("POST", f"/v1/sessions/{sid}/approve", w.owner_a))[
+        "tunnel_ip"
+    ] == "100.96.0.2"
     home_b = await h.ok("GET", f"/v1/homes/{w.home_b}", w.admin)
     assert home_b["tunnel_pool"] == "100.96.1.0/24"
 
@@ -260,9 +282,13 @@ async def test_state_survives_a_restart(harness: Harness, tmp_path: object) -> N
 
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://b") as client:
-        again = await client.get(f"/v1/sessions/{sid}", headers={"Authorization": f"Bearer {w.tech_a}"})
+        again = await client.get(
+            f"/v1/sessions/{sid}", headers={"Authorization": f"Bearer {w.tech_a}"}
+        )
         assert again.json()["state"] == "approved"
-        verify = await client.get("/v1/audit/verify", headers={"Authorization": f"Bearer {w.admin}"})
+        verify = await client.get(
+            "/v1/audit/verify", headers={"Authorization": f"Bearer {w.admin}"}
+        )
         assert verify.json()["ok"] is True
     app.state.broker.engine.dispose()
 
@@ -276,7 +302,9 @@ async def test_concurrent_approvals_get_distinct_tunnel_addresses(harness: Harne
     statuses: list[int] = []
 
     async def approve(sid: str) -> None:
-        statuses.append((await h.call("POST", f"/v1/sessions/{sid}/approve", w.owner_a)).status_code)
+        statuses.append(
+            (await h.call("POST", f"/v1/sessions/{sid}/approve", w.owner_a)).status_code
+        )
 
     async with anyio.create_task_group() as group:
         for sid in sids:

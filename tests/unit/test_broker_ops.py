@@ -166,7 +166,9 @@ async def test_totp_login_and_step_up_approval(harness: Harness) -> None:
     setup = await h.ok("POST", "/v1/me/totp", w.owner_a)
     totp = pyotp.TOTP(setup["secret"])
     code = totp.at(h.clock.now)
-    assert (await h.call("POST", "/v1/me/totp/confirm", w.owner_a, json={"code": code})).status_code == 204
+    assert (
+        await h.call("POST", "/v1/me/totp/confirm", w.owner_a, json={"code": code})
+    ).status_code == 204
 
     login = {"email": "ann@example.com", "password": "correct horse battery"}
     assert (await h.call("POST", "/v1/auth/login", json=login)).status_code == 401  # code missing
@@ -175,10 +177,14 @@ async def test_totp_login_and_step_up_approval(harness: Harness) -> None:
     h.clock.advance(30)
     fresh = await h.call("POST", "/v1/auth/login", json={**login, "totp": totp.at(h.clock.now)})
     assert fresh.status_code == 200 and fresh.json()["token"]
-    wrong = await h.call("POST", "/v1/auth/login", json={**login, "password": "nope", "totp": "000000"})
+    wrong = await h.call(
+        "POST", "/v1/auth/login", json={**login, "password": "nope", "totp": "000000"}
+    )
     assert wrong.status_code == 401
 
-    await h.ok("PATCH", f"/v1/homes/{w.home_a}", w.owner_a, json={"require_totp_for_approval": True})
+    await h.ok(
+        "PATCH", f"/v1/homes/{w.home_a}", w.owner_a, json={"require_totp_for_approval": True}
+    )
     sid = (await h.request(w.tech_a, "ann-house", ["tv:tcp/443"]))["id"]
     bare = await h.call("POST", f"/v1/sessions/{sid}/approve", w.owner_a, json={})
     assert bare.status_code == 403
@@ -189,8 +195,9 @@ async def test_totp_login_and_step_up_approval(harness: Harness) -> None:
 
 
 async def test_bootstrap_command_prints_a_working_admin_token(tmp_path: Path) -> None:
-    from broker.cli.server import app as server_app
     from typer.testing import CliRunner
+
+    from broker.cli.server import app as server_app
 
     data_dir = tmp_path / "data"
     result = CliRunner().invoke(server_app, ["bootstrap", "--data-dir", str(data_dir), "--json"])

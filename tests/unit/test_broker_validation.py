@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -53,7 +54,9 @@ HOME_CASES = [
 
 
 @pytest.mark.parametrize(("override", "reason"), HOME_CASES)
-async def test_bad_homes_are_refused(harness: Harness, override: dict[str, Any], reason: str) -> None:
+async def test_bad_homes_are_refused(
+    harness: Harness, override: dict[str, Any], reason: str
+) -> None:
     h = harness
     w = await h.world()
     before = counts(h)
@@ -137,8 +140,13 @@ async def test_public_key_that_is_valid_base64_but_short_is_refused(harness: Har
         "POST",
         "/v1/sessions",
         w.tech_a,
-        json={"home": "ann-house", "grants": ["tv:tcp/1"], "duration_s": 60, "reason": "r",
-              "public_key": short},
+        json={
+            "home": "ann-house",
+            "grants": ["tv:tcp/1"],
+            "duration_s": 60,
+            "reason": "r",
+            "public_key": short,
+        },
     )
     assert response.status_code == 422
 
@@ -147,7 +155,9 @@ async def test_bad_decisions_are_refused_and_change_nothing(harness: Harness) ->
     h = harness
     w = await h.world()
     sid = (await h.request(w.tech_a, "ann-house", ["tv:tcp/443"], 600))["id"]
-    longer = await h.call("POST", f"/v1/sessions/{sid}/approve", w.owner_a, json={"duration_s": 601})
+    longer = await h.call(
+        "POST", f"/v1/sessions/{sid}/approve", w.owner_a, json={"duration_s": 601}
+    )
     assert longer.status_code == 422 and "shorten" in longer.json()["detail"]
     zero = await h.call("POST", f"/v1/sessions/{sid}/approve", w.owner_a, json={"duration_s": 0})
     assert zero.status_code == 422
@@ -159,7 +169,9 @@ async def test_bad_decisions_are_refused_and_change_nothing(harness: Harness) ->
     assert cancel.status_code == 409
     deny = await h.call("POST", f"/v1/sessions/{sid}/deny", w.owner_a)
     assert deny.status_code == 409
-    more = await h.call("POST", f"/v1/sessions/{sid}/grants", w.tech_a, json={"grants": ["x:tcp/1"]})
+    more = await h.call(
+        "POST", f"/v1/sessions/{sid}/grants", w.tech_a, json={"grants": ["x:tcp/1"]}
+    )
     assert more.status_code == 422 and "unknown device" in more.json()["detail"]
     assert snapshot(h) == before
     with h.broker.sessionmaker() as db:
@@ -180,7 +192,12 @@ async def test_same_public_key_twice_in_one_home_is_refused(harness: Harness) ->
 
 @pytest.mark.parametrize(
     "policy",
-    [{"max_duration_s": 8 * 3600 + 1}, {"allowed": ["tv:tcp/0"]}, {"nope": 1}, {"technicians": "x"}],
+    [
+        {"max_duration_s": 8 * 3600 + 1},
+        {"allowed": ["tv:tcp/0"]},
+        {"nope": 1},
+        {"technicians": "x"},
+    ],
 )
 async def test_bad_policies_are_refused(harness: Harness, policy: dict[str, Any]) -> None:
     h = harness
@@ -199,7 +216,7 @@ async def test_huge_bodies_get_413_json(harness: Harness) -> None:
     response = await h.call("POST", "/v1/sessions", w.tech_a, json=body)
     assert response.status_code == 413 and "bytes" in response.json()["detail"]
 
-    async def chunks():  # type: ignore[no-untyped-def]
+    async def chunks() -> AsyncIterator[bytes]:
         for _ in range(100):
             yield b"x" * 1024
 
@@ -212,7 +229,11 @@ async def test_malformed_json_and_missing_token(harness: Harness) -> None:
     h = harness
     w = await h.world()
     broken = await h.call(
-        "POST", "/v1/sessions", w.tech_a, content=b"{not json", headers={"content-type": "application/json"}
+        "POST",
+        "/v1/sessions",
+        w.tech_a,
+        content=b"{not json",
+        headers={"content-type": "application/json"},
     )
     assert broken.status_code == 422 and isinstance(broken.json()["detail"], str)
     anonymous = await h.call("GET", "/v1/sessions")

@@ -178,3 +178,18 @@ def test_client_commands_import_no_server_or_crypto_packages() -> None:
     result = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_key_pair_falls_back_to_the_wg_tool(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bare install has neither cryptography nor wireguard_tools, but has wg."""
+    if shutil.which("wg") is None:
+        pytest.skip("wg not installed")
+    private, public = sessions.key_pair()
+    for module in ("cryptography.hazmat.primitives.asymmetric.x25519", "wireguard_tools"):
+        monkeypatch.setitem(sys.modules, module, None)  # makes the import fail
+    assert sessions.key_pair(private) == (private, public)
+    made_private, made_public = sessions.key_pair()
+    assert made_private != private and len(made_public) == 44
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises(RuntimeError, match="--no-local-key"):
+        sessions.key_pair()

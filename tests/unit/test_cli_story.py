@@ -123,24 +123,34 @@ class People:
     owner: Cli
     tech: Cli
     home_id: str
+    router: FakeRouter
 
 
-def enroll_agent(broker: LiveBroker, token: str) -> str:
-    """What ``ztb agent enroll`` sends; returns the router's WireGuard public key."""
-    _, public_key = key_pair()
-    _, csr_pem = new_tls_key_and_csr("ztb-agent")
-    body = {
-        "token": token,
-        "csr_pem": csr_pem,
-        "wg_public_key": public_key,
-        "interface": "ztb0",
-        "listen_port": 51820,
-        "endpoint": "203.0.113.10:51820",
-    }
-    with httpx.Client(verify=ssl.create_default_context(cafile=broker.ca_cert)) as http:
-        response = http.post(f"{broker.url}/v1/agent/enroll", json=body)
-    assert response.status_code == 201, response.text
-    return public_key
+class FakeRouter:
+    """The agent's side of the API: enroll once, then report counters like a router would."""
+
+    def __init__(self, broker: LiveBroker, enroll_token: str) -> None:
+        self.url = broker.url
+        self.http = httpx.Client(verify=ssl.create_default_context(cafile=broker.ca_cert))
+        _, self.public_key = key_pair()
+        _, csr_pem = new_tls_key_and_csr("ztb-agent")
+        body = {
+            "token": enroll_token,
+            "csr_pem": csr_pem,
+            "wg_public_key": self.public_key,
+            "interface": "ztb0",
+            "listen_port": 51820,
+            "endpoint": "203.0.113.10:51820",
+        }
+        response = self.http.post(f"{self.url}/v1/agent/enroll", json=body)
+        assert response.status_code == 201, response.text
+        self.token = str(response.json()["agent_token"])
+
+    def report(self, revision: int, peers: list[object], elements: list[object]) -> None:
+        body = {"revision": revision, "peers": peers, "elements": elements}
+        headers = {"Authorization": f"Bearer {self.token}"}
+        response = self.http.post(f"{self.url}/v1/agent/report", json=body, headers=headers)
+        assert response.status_code == 204, response.text
 
 
 @pytest.fixture
@@ -149,7 +159,7 @@ def people(
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
     ztb_home: Path,
-) -> People:
+) -> Iterator[People]:
     """Admin sets up a homeowner with an enrolled home and two devices, and a technician."""
     monkeypatch.setenv("ZTB_BROKER", live_broker.url)
     monkeypatch.setenv("ZTB_CA_CERT", str(live_broker.ca_cert))
@@ -173,8 +183,11 @@ def people(
         "device", "add", "ann-house", "tv", "--ip", "192.168.1.30", "--mac", "aa:bb:cc:00:11:22"
     )
     enroll_token = admin.ok("home", "enroll-token", "ann-house", "--ttl", "5m").strip()
-    enroll_agent(live_broker, enroll_token)
-    return People(admin, owner, tech, str(home["id"]))
+    router = FakeRouter(live_broker, enroll_token)
+    try:
+        yield People(admin, owner, tech, str(home["id"]), router)
+    finally:
+        router.http.close()
 
 
 def test_full_story(people: People, ztb_home: Path, tmp_path: Path) -> None:
@@ -205,6 +218,16 @@ def test_full_story(people: People, ztb_home: Path, tmp_path: Path) -> None:
     assert "tv 192.168.1.30 tcp/8000-8010" in approved and "expires " in approved
     listed = owner.ok("session", "list", "--home", "ann-house", "--state", "approved")
     assert session_id in listed
+    handshake = datetime(2026, 1, 2, 3, 4, tzinfo=UTC)
+    people.router.report(
+        int(admin.json("home", "show", "ann-house")["revision"]),  # type: ignore[call-overload]
+        [{"public_key": session["public_key"], "last_handshake": handshake.timestamp()}],
+        [
+            {"session_id": session_id, "device_ip": "192.168.1.20", "proto": "tcp",
+             "ports": "443", "packets": 12, "bytes": 1536},
+        ],
+    )  # fmt: skip
+    assert tech.json("session", "show", session_id)["state"] == "active"
 
     # The config: local private key filled in, split tunnel to exactly the two devices.
     conf = tmp_path / "ztbt0.conf"
@@ -230,7 +253,9 @@ def test_full_story(people: People, ztb_home: Path, tmp_path: Path) -> None:
 
     report = owner.ok("session", "report", session_id)
     assert "approved by" in report
-    assert "thermostat 192.168.1.20 tcp/443" in report
+    assert "thermostat 192.168.1.20 tcp/443  12       1.5 KiB" in report
+    assert "last handshake  2026-01-02 03:04 UTC" in report
+    assert "session.active" in report
     for action in ("session.requested", "session.approved", "session.ended"):
         assert action in report
     report_json = owner.json("session", "report", session_id)
@@ -250,7 +275,7 @@ def test_audit_verify_fails_on_an_edited_event(people: People, live_broker: Live
     assert "audit chain broken at event 3" in message
 
 
-def test_json_output_of_creating_commands(people: People) -> None:
+def test_json_output_of_creating_commands(people: People, tmp_path: Path) -> None:
     device = people.owner.json("device", "add", "ann-house", "camera", "--ip", "192.168.1.40")
     assert str(device["id"]).startswith("dev_")
     token = people.tech.json("user", "token", "create", "--name", "laptop", "--ttl", "1h")
@@ -263,6 +288,22 @@ def test_json_output_of_creating_commands(people: People) -> None:
     )  # fmt: skip
     assert str(session["id"]).startswith("ses_") and session["state"] == "requested"
     assert str(session["private_key_file"]).endswith(f"{session['id']}.key")
+
+    own_key = tmp_path / "laptop.key"
+    own_key.write_text(key_pair()[0] + "\n")
+    with_own_key = people.tech.json(
+        "session", "request", "--home", "ann-house", "--grant", "camera:tcp/80",
+        "--duration", "10m", "--reason", "check", "--key-file", str(own_key),
+    )  # fmt: skip
+    assert with_own_key["public_key"] == key_pair(own_key.read_text().strip())[1]
+    kept = Path(str(with_own_key["private_key_file"]))
+    assert kept.read_text() == own_key.read_text()
+    bad_key = tmp_path / "bad.key"
+    bad_key.write_text("not a key\n")
+    assert "bad.key" in people.tech.fails(
+        "session", "request", "--home", "ann-house", "--grant", "camera:tcp/80",
+        "--duration", "10m", "--reason", "check", "--key-file", str(bad_key),
+    )  # fmt: skip
 
 
 def test_tokens_and_totp(people: People, capsys: pytest.CaptureFixture[str]) -> None:

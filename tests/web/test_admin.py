@@ -36,8 +36,8 @@ def test_admin_sees_agents_people_and_tokens(
 
     page.goto("/web/admin")
     expect(page.get_by_role("status")).to_have_count(0)
-    tokens = page.get_by_role("table", name="API tokens").get_by_role("row").filter(
-        has_text=newcomer
+    tokens = (
+        page.get_by_role("table", name="API tokens").get_by_role("row").filter(has_text=newcomer)
     )
     expect(tokens).to_have_count(1)
     tokens.get_by_role("button", name=re.compile(r"^Revoke token")).click()

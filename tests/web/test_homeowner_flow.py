@@ -64,6 +64,19 @@ def test_homeowner_approves_watches_ends_and_reads_report(
     expect(page.locator("footer")).to_contain_text("Times are shown in Europe/Berlin")
     shoot(page, screenshot_dir, "homeowner-active")
 
+    # The technician asks for more while connected: it waits here for a second approval.
+    more = {"grants": ["camera:tcp/554"]}
+    world.call(tech.token, "POST", f"/v1/sessions/{asked['id']}/grants", json=more)
+    page.reload()
+    extra = live.get_by_role("status")
+    expect(extra).to_contain_text("The technician asks for more")
+    expect(extra).to_contain_text("camera (192.168.1.30): camera stream (RTSP), port 554")
+    shoot(page, screenshot_dir, "homeowner-escalation")
+    extra.get_by_label("Code from your authenticator app").fill(world.totp(owner))
+    extra.get_by_role("button", name="Allow this too").click()
+    expect(live.get_by_role("status")).to_have_count(0)
+    expect(live.get_by_role("list")).to_contain_text("camera (192.168.1.30)")
+
     live.get_by_role("button", name="End now").click()
     expect(page).to_have_url(re.compile(rf"/web/sessions/{asked['id']}$"))
     expect(page.get_by_role("heading", level=3)).to_contain_text("Ended: ended early")

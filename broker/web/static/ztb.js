@@ -40,6 +40,7 @@
   }
 
   async function refresh(region) {
+    if (region.contains(document.activeElement)) { return; } // never wipe what is being typed
     const response = await fetch(window.location.href, { credentials: "same-origin" });
     if (!response.ok) { return; }
     const page = new DOMParser().parseFromString(await response.text(), "text/html");
