@@ -1,8 +1,8 @@
 """Where desired-state documents come from: a source the run loop polls.
 
 ``DesiredStateFile`` watches one JSON file (stat signature, then a content hash) and is
-what ``ztb agent run --desired-state FILE`` uses; a broker long-poll source fits the same
-protocol.
+what ``ztb agent run --desired-state FILE`` uses; ``broker_source.BrokerSource`` long-polls
+the broker behind the same protocol.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -18,8 +19,19 @@ from netpolicy import DesiredState, PolicyError
 _MAX_BYTES = 64 * 1024 * 1024
 
 
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """A document and when it arrived on the agent's monotonic clock.
+
+    ``expires_in`` counts from the arrival, not from when the loop got round to it.
+    """
+
+    document: DesiredState
+    received_at: float
+
+
 class DesiredStateSource(Protocol):
-    def poll(self, timeout: float) -> DesiredState | None:
+    def poll(self, timeout: float) -> Delivery | None:
         """A new document, or None when none arrived within ``timeout`` seconds.
 
         Raises PolicyError once for each bad document (then returns None until another
@@ -28,18 +40,24 @@ class DesiredStateSource(Protocol):
 
 
 class DesiredStateFile:
-    def __init__(self, path: Path, sleep: Callable[[float], object] = time.sleep) -> None:
+    def __init__(
+        self,
+        path: Path,
+        sleep: Callable[[float], object] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.path = path
         self._sleep = sleep
+        self._clock = clock
         self._signature: tuple[int, int, int] | None = None
         self._digest: str | None = None
 
-    def poll(self, timeout: float) -> DesiredState | None:
+    def poll(self, timeout: float) -> Delivery | None:
         document = self._check()
         if document is None:
             self._sleep(timeout)
             document = self._check()
-        return document
+        return None if document is None else Delivery(document, self._clock())
 
     def _check(self) -> DesiredState | None:
         try:

@@ -1,22 +1,30 @@
 """Make the kernel match a desired-state document: nft set elements, then WireGuard peers.
 
-``Agent.apply`` is idempotent and incremental: it reads what the kernel holds, writes only
-the difference (one nft transaction), and may be called again with the same document at
-any time. Order matters only for safety: elements are added before peers, so after a
-crash a peer without elements can only mean its elements expired or were deleted, and the
-restart treats that session as over. On removal the nft transaction (deleting elements)
-also runs before peers are removed.
+``Agent.apply`` is idempotent and incremental, and its cost follows the change, not the
+number of live grants. The agent keeps a model of what the kernel holds (each element
+with its expiry on the monotonic clock, each peer) and lists the kernel only when that
+model is unknown: at start, on ``relist`` (the periodic resync, which also undoes changes
+made behind its back) and after a failed write. Between listings only the sessions whose
+keys, grants, lifetime or liveness changed are compiled and compared; the rest cost a
+dict lookup each. Elements whose kernel timeout has passed drop out of the model.
+
+Order matters only for safety: elements are added before peers, so after a crash a peer
+without elements can only mean its elements expired or were deleted, and the restart
+treats that session as over. On removal the nft transaction (deleting elements) also runs
+before peers are removed.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from netpolicy import DesiredState, HomeNetwork, LiveSession
 from netpolicy.nft import (
+    LIFETIME_SLACK_S,
+    ElementDiff,
     ElementKey,
     KernelElement,
     desired_elements,
@@ -60,6 +68,39 @@ class ApplyResult:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class _Written:
+    """One session as the kernel holds it after the last successful apply."""
+
+    session: LiveSession
+    keys: frozenset[ElementKey]
+    expires_at: float  # when its elements expire in the kernel (monotonic clock)
+    live: bool
+
+
+@dataclass(slots=True)
+class _KernelModel:
+    """What the kernel holds, kept in step with every successful write."""
+
+    elements: dict[ElementKey, float]  # key -> kernel expiry on the monotonic clock
+    peers: dict[str, PeerState]
+    has_table: bool
+    written: dict[str, _Written] = field(default_factory=dict)  # by session id
+    reconciled: bool = False  # False right after a listing: the next plan covers everything
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """The sessions looked at this time and what the kernel must change for them."""
+
+    full: bool
+    scope: tuple[LiveSession, ...]
+    before: tuple[_Written, ...]  # how the scoped and the gone sessions were written
+    gone: tuple[str, ...]  # ids of sessions written before and absent from the document
+    wanted: dict[ElementKey, int]
+    diff: ElementDiff
+
+
 def interface_addresses(network: HomeNetwork) -> tuple[list[str], list[str]]:
     """The router's tunnel address (first host of each pool) and the pools as routes."""
     addresses = [f"{next(network.tunnel_pool.hosts())}/32"]
@@ -82,6 +123,17 @@ def _session_tunnels(session: LiveSession) -> set[str]:
     return {str(ip) for ip in (session.tunnel_ip, session.tunnel_ip6) if ip is not None}
 
 
+def _same_shape(a: LiveSession, b: LiveSession) -> bool:
+    """Equal but for ``expires_in``: the same peer and the same elements."""
+    return (
+        a.public_key == b.public_key
+        and a.preshared_key == b.preshared_key
+        and a.tunnel_ip == b.tunnel_ip
+        and a.tunnel_ip6 == b.tunnel_ip6
+        and a.grants == b.grants
+    )
+
+
 def kernel_lifetimes(
     desired: DesiredState,
     elements: Mapping[ElementKey, KernelElement],
@@ -92,10 +144,13 @@ def kernel_lifetimes(
     A session with elements has the shortest of their ``expires``; one with a peer but no
     elements is over (elements go in before peers), so it gets zero.
     """
+    shortest: dict[str, int] = {}
+    for key, element in elements.items():
+        have = shortest.get(key.tunnel_ip)
+        shortest[key.tunnel_ip] = element.expires if have is None else min(have, element.expires)
     left: dict[str, float] = {}
     for session in desired.sessions:
-        tunnels = _session_tunnels(session)
-        expires = [el.expires for key, el in elements.items() if key.tunnel_ip in tunnels]
+        expires = [shortest[ip] for ip in _session_tunnels(session) if ip in shortest]
         if expires:
             left[session.session_id] = float(min(expires))
         elif session.public_key in peers:
@@ -105,6 +160,10 @@ def kernel_lifetimes(
 
 def _has_table(listing: Listing) -> bool:
     return any(isinstance(item, dict) and "table" in item for item in listing.get("nftables", []))
+
+
+def _ports(key: ElementKey) -> str:
+    return str(key.first) if key.first == key.last else f"{key.first}-{key.last}"
 
 
 class Agent:
@@ -123,10 +182,11 @@ class Agent:
         self._clock = clock
         self._lifetimes = SessionLifetimes()
         self._network: HomeNetwork | None = None
-        self._skeleton_ready = False
+        self._kernel: _KernelModel | None = None
+        self._skeleton_ready = False  # chains are rebuilt once per process, and if missing
         self._desired: DesiredState | None = None
         self._received_at = 0.0
-        self._live: set[str] = set()
+        self._next_expiry: float | None = None
 
     @property
     def desired(self) -> DesiredState | None:
@@ -135,12 +195,20 @@ class Agent:
     def remaining(self) -> dict[str, float]:
         return remaining_at(self._lifetimes.deadlines, self._clock())
 
-    def apply(self, desired: DesiredState, received_at: float | None = None) -> ApplyResult:
-        """Converge the kernel to ``desired``; ``received_at`` anchors new deadlines."""
+    def apply(
+        self, desired: DesiredState, received_at: float | None = None, relist: bool = False
+    ) -> ApplyResult:
+        """Converge the kernel to ``desired``; ``received_at`` anchors new deadlines.
+
+        ``relist`` reads the kernel first instead of trusting the model (periodic resync).
+        """
+        if relist:
+            self._kernel = None
         try:
             return self._apply(desired, received_at)
         except WireGuardError:
-            self._network = None  # re-assert the interface next time (daemon may be gone)
+            # Re-assert the interface and re-read the peers next time (the daemon may be gone).
+            self._network, self._kernel = None, None
             raise
 
     def _apply(self, desired: DesiredState, received_at: float | None) -> ApplyResult:
@@ -152,62 +220,152 @@ class Agent:
                 self.interface.private_key, self.interface.listen_port, addresses, routes
             )
             self._network = desired.network
-        peers = {peer.public_key: peer for peer in self.wireguard.list_peers()}
-        added, deleted, deadlines = self._apply_elements(desired, received, now, peers)
+        kernel, plan, deadlines = self._write_elements(desired, received, now)
         self._lifetimes.commit(desired.revision, deadlines)
         self._desired, self._received_at = desired, received
-        remaining = remaining_at(deadlines, now)
-        live = [s for s in desired.sessions if timeout_seconds(remaining[s.session_id]) >= 1]
-        self._live = {s.session_id for s in live}
-        peers_set, peers_removed = self._apply_peers(live, peers)
-        return ApplyResult(desired.revision, added, deleted, peers_set, peers_removed)
+        due = [deadlines[sid] - 1.0 for sid, entry in kernel.written.items() if entry.live]
+        self._next_expiry = min(due, default=None)
+        peers_set, peers_removed = self._write_peers(kernel, plan)
+        return ApplyResult(
+            desired.revision, len(plan.diff.add), len(plan.diff.delete), peers_set, peers_removed
+        )
 
-    def _apply_elements(
-        self,
-        desired: DesiredState,
-        received: float,
-        now: float,
-        peers: Mapping[str, PeerState],
-    ) -> tuple[int, int, dict[str, float]]:
+    def _read_kernel(self) -> _KernelModel:
+        """List the table and the peers: the only O(live grants) kernel read of apply."""
+        now = self._clock()
+        listing = self.nft.list_table()
+        elements = {
+            key: now + element.expires for key, element in parse_set_listing(listing).items()
+        }
+        peers = {peer.public_key: peer for peer in self.wireguard.list_peers()}
+        return _KernelModel(elements, peers, _has_table(listing))
+
+    def _write_elements(
+        self, desired: DesiredState, received: float, now: float
+    ) -> tuple[_KernelModel, _Plan, dict[str, float]]:
         """One nft transaction: the skeleton when missing, then deletes, then adds."""
         for attempt in range(1, _NFT_ATTEMPTS + 1):
-            listing = self.nft.list_table()
-            current = parse_set_listing(listing)
-            kernel_left = kernel_lifetimes(desired, current, peers)
+            if self._kernel is None:
+                self._kernel = self._read_kernel()
+            kernel = self._kernel
+            kernel_left: Mapping[str, float] = {}
+            if self._lifetimes.revision is None:  # first apply of this process: restart rule
+                current = self._current(kernel, kernel.elements, now)
+                kernel_left = kernel_lifetimes(desired, current, kernel.peers)
             deadlines = self._lifetimes.plan(desired, received, now, kernel_left)
-            wanted = desired_elements(desired, remaining_at(deadlines, now))
-            diff = diff_elements(current, wanted)
+            plan = self._plan(kernel, desired, deadlines, now)
             commands = []
-            if not self._skeleton_ready or not _has_table(listing):
+            if not self._skeleton_ready or not kernel.has_table:
                 commands += table_commands(self.interface.name)
-            commands += diff_commands(diff)
+            commands += diff_commands(plan.diff)
             try:
                 self.nft.run(commands)
             except NftError as exc:
+                self._kernel = None  # the model may be wrong: list again
                 if attempt == _NFT_ATTEMPTS:
                     raise
                 log_event("nft_retry", revision=desired.revision, error=str(exc))
                 continue
-            self._skeleton_ready = True
-            return len(diff.add), len(diff.delete), deadlines
+            self._commit_elements(kernel, plan, now)
+            return kernel, plan, deadlines
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _apply_peers(
-        self, live: list[LiveSession], peers: Mapping[str, PeerState]
-    ) -> tuple[int, int]:
-        wanted = {s.public_key: session_peer(s) for s in live}
-        stale = sorted(set(peers) - set(wanted))
+    def _current(
+        self, kernel: _KernelModel, keys: Iterable[ElementKey], now: float
+    ) -> dict[ElementKey, KernelElement]:
+        """The model's view of ``keys`` as the kernel would list them (expired ones gone)."""
+        current = {}
+        for key in keys:
+            expires_at = kernel.elements.get(key)
+            if expires_at is not None and expires_at > now:
+                current[key] = KernelElement(timeout_seconds(expires_at - now))
+        return current
+
+    def _plan(
+        self,
+        kernel: _KernelModel,
+        desired: DesiredState,
+        deadlines: Mapping[str, float],
+        now: float,
+    ) -> _Plan:
+        """Pick the sessions to look at and diff their elements against the model.
+
+        Right after a listing that is every session and every element (so orphans go);
+        otherwise the sessions that are new, gone, reshaped, or whose lifetime or
+        liveness moved since they were written.
+        """
+        written = kernel.written
+        full = not kernel.reconciled
+        if full:
+            scope = desired.sessions
+            gone: tuple[str, ...] = ()
+        else:
+            scope = tuple(
+                session
+                for session in desired.sessions
+                if _moved(written.get(session.session_id), session, deadlines, now)
+            )
+            ids = {session.session_id for session in desired.sessions}
+            gone = tuple(sid for sid in written if sid not in ids)
+        before = tuple(
+            written[sid] for sid in [*gone, *(s.session_id for s in scope)] if sid in written
+        )
+        remaining = remaining_at({s.session_id: deadlines[s.session_id] for s in scope}, now)
+        subset = desired if full else replace(desired, sessions=scope)
+        wanted = desired_elements(subset, remaining)
+        keys: Iterable[ElementKey] = kernel.elements if full else _keys(before)
+        current = self._current(kernel, [*keys, *wanted], now)
+        return _Plan(full, scope, before, gone, wanted, diff_elements(current, wanted))
+
+    def _commit_elements(self, kernel: _KernelModel, plan: _Plan, now: float) -> None:
+        """Bring the model in step with the transaction that just succeeded."""
+        written_at = self._clock()  # the kernel's timers started at most this late
+        for key in plan.diff.delete:
+            kernel.elements.pop(key, None)
+        for key, timeout in plan.diff.add.items():
+            kernel.elements[key] = written_at + timeout
+        for key in _keys(plan.before) if not plan.full else list(kernel.elements):
+            expires_at = kernel.elements.get(key)
+            if expires_at is not None and expires_at <= now:
+                del kernel.elements[key]  # the kernel's timeout has passed
+        kernel.has_table, kernel.reconciled, self._skeleton_ready = True, True, True
+        for sid in plan.gone:
+            del kernel.written[sid]
+        by_tunnel: dict[str, set[ElementKey]] = {}
+        for key in plan.wanted:
+            by_tunnel.setdefault(key.tunnel_ip, set()).add(key)
+        for session in plan.scope:
+            keys = frozenset(
+                key for ip in _session_tunnels(session) for key in by_tunnel.get(ip, ())
+            )
+            expiries = [kernel.elements[key] for key in keys]
+            kernel.written[session.session_id] = _Written(
+                session, keys, min(expiries, default=0.0), bool(keys)
+            )
+
+    def _write_peers(self, kernel: _KernelModel, plan: _Plan) -> tuple[int, int]:
+        """Remove peers of sessions that ended, then add or update those that are live."""
+        wanted = {
+            s.public_key: session_peer(s) for s in plan.scope if kernel.written[s.session_id].live
+        }
+        if plan.full:  # everything was looked at: orphan peers go too
+            candidates = set(kernel.peers)
+        else:
+            candidates = {w.session.public_key for w in plan.before}
+            candidates |= {s.public_key for s in plan.scope}
+        stale = sorted(key for key in candidates if key in kernel.peers and key not in wanted)
         for public_key in stale:
             self.wireguard.remove_peer(public_key)
-        changed = [peer for key, peer in sorted(wanted.items()) if peers.get(key) != peer]
+            del kernel.peers[public_key]
+        changed = [peer for key, peer in sorted(wanted.items()) if kernel.peers.get(key) != peer]
         for peer in changed:
             self.wireguard.set_peer(peer.public_key, peer.preshared_key, peer.allowed_ips)
+            kernel.peers[peer.public_key] = peer
         return len(changed), len(stale)
 
     def next_expiry(self) -> float | None:
         """When the next live session drops under one second left (its end, rounded down)."""
-        due = [self._lifetimes.deadlines[sid] - 1.0 for sid in self._live]
-        return min(due, default=None)
+        return self._next_expiry
 
     def reapply(self) -> ApplyResult | None:
         """Apply the last document again: ends sessions whose time ran out, fixes drift."""
@@ -215,46 +373,106 @@ class Agent:
             return None
         return self.apply(self._desired, self._received_at)
 
-    def report(self) -> dict[str, Any]:
-        """Per-session lifetimes and the kernel's per-element and per-peer counters."""
-        desired = self._desired
-        sessions = desired.sessions if desired else ()
+    def _session_ids(self) -> tuple[dict[str, str], dict[str, str]]:
+        sessions = self._desired.sessions if self._desired else ()
         by_tunnel = {ip: s.session_id for s in sessions for ip in _session_tunnels(s)}
-        by_key = {s.public_key: s.session_id for s in sessions}
+        return by_tunnel, {s.public_key: s.session_id for s in sessions}
+
+    def status(self) -> dict[str, Any]:
+        """What the agent believes the kernel holds, from its model: no kernel read.
+
+        Cheap enough for every apply; counters and handshakes come with ``report``.
+        """
+        kernel = self._kernel
+        now = self._clock()
+        elements = (
+            {k: KernelElement(timeout_seconds(t - now)) for k, t in kernel.elements.items()}
+            if kernel
+            else {}
+        )
+        peers = list(kernel.peers.values()) if kernel else []
+        return self._describe(elements, peers, counters=False)
+
+    def report(self) -> dict[str, Any]:
+        """Per-session lifetimes and the kernel's per-element and per-peer counters.
+
+        Reads the whole table and every peer: for the periodic report, not every apply.
+        """
         peers = self.wireguard.list_peers()
         elements = parse_set_listing(self.nft.list_table())
+        return self._describe(elements, peers, counters=True)
+
+    def _describe(
+        self,
+        elements: Mapping[ElementKey, KernelElement],
+        peers: list[PeerState],
+        counters: bool,
+    ) -> dict[str, Any]:
+        desired = self._desired
+        by_tunnel, by_key = self._session_ids()
+        peer_keys = {p.public_key for p in peers}
         remaining = self.remaining()
+        element_rows = []
+        for key, el in sorted(elements.items()):
+            row: dict[str, Any] = {
+                "session_id": by_tunnel.get(key.tunnel_ip),
+                "tunnel_ip": key.tunnel_ip,
+                "device_ip": key.device_ip,
+                "proto": key.proto,
+                "ports": _ports(key),
+                "expires": el.expires,
+            }
+            if counters:
+                row.update(packets=el.packets, bytes=el.bytes)
+            element_rows.append(row)
+        peer_rows = []
+        for p in sorted(peers, key=lambda p: p.public_key):
+            peer_row: dict[str, Any] = {
+                "public_key": p.public_key,
+                "session_id": by_key.get(p.public_key),
+                "allowed_ips": list(p.allowed_ips),
+            }
+            if counters:
+                peer_row.update(
+                    last_handshake=p.last_handshake, rx_bytes=p.rx_bytes, tx_bytes=p.tx_bytes
+                )
+            peer_rows.append(peer_row)
         return {
             "revision": desired.revision if desired else None,
             "sessions": {
                 s.session_id: {
                     "remaining": round(remaining.get(s.session_id, 0.0), 3),
-                    "peer": any(p.public_key == s.public_key for p in peers),
+                    "peer": s.public_key in peer_keys,
                 }
-                for s in sessions
+                for s in (desired.sessions if desired else ())
             },
-            "elements": [
-                {
-                    "session_id": by_tunnel.get(key.tunnel_ip),
-                    "tunnel_ip": key.tunnel_ip,
-                    "device_ip": key.device_ip,
-                    "proto": key.proto,
-                    "ports": str(key.first) if key.first == key.last else f"{key.first}-{key.last}",
-                    "expires": el.expires,
-                    "packets": el.packets,
-                    "bytes": el.bytes,
-                }
-                for key, el in sorted(elements.items())
-            ],
-            "peers": [
-                {
-                    "public_key": p.public_key,
-                    "session_id": by_key.get(p.public_key),
-                    "allowed_ips": list(p.allowed_ips),
-                    "last_handshake": p.last_handshake,
-                    "rx_bytes": p.rx_bytes,
-                    "tx_bytes": p.tx_bytes,
-                }
-                for p in sorted(peers, key=lambda p: p.public_key)
-            ],
+            "elements": element_rows,
+            "peers": peer_rows,
         }
+
+
+def _keys(written: Iterable[_Written]) -> set[ElementKey]:
+    keys: set[ElementKey] = set()
+    for entry in written:
+        keys |= entry.keys
+    return keys
+
+
+def _moved(
+    before: _Written | None, session: LiveSession, deadlines: Mapping[str, float], now: float
+) -> bool:
+    """Whether a session needs a look: new, reshaped, or its lifetime or liveness moved.
+
+    Runs for every session of every apply, so the cheap float tests come first.
+    """
+    if before is None:
+        return True
+    deadline = deadlines[session.session_id]
+    live = deadline - now >= 1.0  # the same as timeout_seconds(...) >= 1
+    if before.live != live:
+        return True
+    if not live:
+        return False
+    if abs(before.expires_at - deadline) > LIFETIME_SLACK_S:
+        return True
+    return before.session is not session and not _same_shape(before.session, session)

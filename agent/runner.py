@@ -1,8 +1,12 @@
 """The agent's main loop: poll the source, apply, end expired sessions, report status.
 
-Kept apart from the CLI so any ``DesiredStateSource`` (file today, broker long-poll next)
+Kept apart from the CLI so any ``DesiredStateSource`` (the file, or the broker long-poll)
 drives the same loop. Every loop iteration is bounded by the poll interval; a failed
 apply is retried after a back-off, and a bad document never replaces the last good one.
+
+Applies trust the agent's model of the kernel; the kernel itself is read only on the
+resync (every ``resync_interval``, which also repairs drift) and for the report (every
+``report_interval``, the only reader of per-element counters and peer handshakes).
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import os
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +30,9 @@ from .wg_backend import WireGuardError
 
 _RETRY_S = 1.0
 _APPLY_ERRORS = (NftError, WireGuardError, OSError, subprocess.TimeoutExpired)
+# Receives the agent's status: after each new document without counters (cheap, and
+# enough to say "applied"), and every report interval with the kernel's counters.
+Reporter = Callable[[dict[str, Any]], None]
 
 
 def write_json_atomically(path: Path, data: dict[str, Any]) -> None:
@@ -44,6 +52,8 @@ class Runner:
         poll_interval: float = 0.2,
         resync_interval: float = 30.0,
         clock: Clock = time.monotonic,
+        reporter: Reporter | None = None,
+        report_interval: float = 30.0,
     ) -> None:
         self.agent = agent
         self.source = source
@@ -51,12 +61,15 @@ class Runner:
         self.status_file = status_file
         self.poll_interval = poll_interval
         self.resync_interval = resync_interval
+        self.reporter = reporter
+        self.report_interval = report_interval
         self._clock = clock
         self._document: DesiredState | None = None
         self._received = 0.0
         self._dirty = False
         self._retry_at = 0.0
         self._last_apply = 0.0
+        self._last_report: float | None = None
 
     def run(self) -> None:
         while not self.stop.is_set():
@@ -72,20 +85,23 @@ class Runner:
 
     def step(self) -> None:
         try:
-            document = self.source.poll(self._wait(self._clock()))
+            delivery = self.source.poll(self._wait(self._clock()))
         except PolicyError as exc:
             kept = self.agent.desired.revision if self.agent.desired else None
             log_event("bad_desired_state", error=str(exc), enforcing_revision=kept)
-            document = None
+            delivery = None
         if self.stop.is_set():
             return
         now = self._clock()
-        if document is not None:
-            self._document, self._received, self._dirty = document, now, True
+        if delivery is not None:
+            document = delivery.document
+            self._document, self._received, self._dirty = document, delivery.received_at, True
             log_event("desired_state", revision=document.revision, sessions=len(document.sessions))
         reason = self._due(now)
         if reason is not None:
             self._apply(reason, now)
+        if self._report_due(now):
+            self.report(now)
 
     def _due(self, now: float) -> str | None:
         if self._document is None or now < self._retry_at:
@@ -103,7 +119,7 @@ class Runner:
         assert self._document is not None
         started = time.perf_counter()
         try:
-            result = self.agent.apply(self._document, self._received)
+            result = self.agent.apply(self._document, self._received, relist=reason == "resync")
         except _APPLY_ERRORS as exc:
             self._retry_at = now + max(_RETRY_S, self.poll_interval)
             log_event("apply_failed", reason=reason, revision=self._document.revision, error=exc)
@@ -120,14 +136,34 @@ class Runner:
                 peers_removed=result.peers_removed,
                 ms=round((time.perf_counter() - started) * 1000, 1),
             )
-        self.write_status()
+        status = self.agent.status()
+        self._write_status(status)
+        if reason == "document" and self.reporter is not None:
+            self.reporter(status)
 
-    def write_status(self) -> None:
+    def _report_due(self, now: float) -> bool:
+        if self.agent.desired is None:
+            return False
+        return self._last_report is None or now - self._last_report >= self.report_interval
+
+    def report(self, now: float) -> None:
+        """Read the kernel's counters and handshakes: status file and reporter."""
+        self._last_report = now
+        try:
+            status = self.agent.report()
+        except _APPLY_ERRORS as exc:
+            log_event("report_failed", error=exc)
+            return
+        self._write_status(status)
+        if self.reporter is not None:
+            self.reporter(status)
+
+    def _write_status(self, status: dict[str, Any]) -> None:
         if self.status_file is None:
             return
         try:
-            status = self.agent.report()
-            status.update(applied_at=time.time(), pid=os.getpid())
-            write_json_atomically(self.status_file, status)
-        except _APPLY_ERRORS as exc:
+            write_json_atomically(
+                self.status_file, {**status, "applied_at": time.time(), "pid": os.getpid()}
+            )
+        except OSError as exc:
             log_event("status_failed", error=exc)

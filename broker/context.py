@@ -76,11 +76,12 @@ class UnitOfWork:
     now: datetime
     _homes_to_wake: set[str] = field(default_factory=set)
     _deliveries: list[Delivery] = field(default_factory=list)
-    _transitions: list[str] = field(default_factory=list)
+    _states: list[str] = field(default_factory=list)
+    _audit_kinds: list[str] = field(default_factory=list)
 
     def audit(self, actor: str, action: str, obj: str, details: dict[str, Any]) -> None:
         audit.append(self.db, self.now, actor, action, obj, details)
-        self._transitions.append(f"audit:{'denied' if action == 'denied' else 'change'}")
+        self._audit_kinds.append("denied" if action == "denied" else "change")
 
     def wake_agents(self, home_id: str) -> None:
         self._homes_to_wake.add(home_id)
@@ -89,7 +90,8 @@ class UnitOfWork:
         self._deliveries.append(delivery)
 
     def transition(self, state: str) -> None:
-        self._transitions.append(f"state:{state}")
+        """Count a session state change (or end reason) in the metrics once committed."""
+        self._states.append(state)
 
     def after_commit(self) -> None:
         for home_id in self._homes_to_wake:
@@ -97,9 +99,7 @@ class UnitOfWork:
         for delivery in self._deliveries:
             self.broker.webhooks.send(delivery)
         metrics = self.broker.metrics
-        for item in self._transitions:
-            kind, _, value = item.partition(":")
-            if kind == "state":
-                metrics.transitions.labels(value).inc()
-            else:
-                metrics.audit_events.labels(value).inc()
+        for state in self._states:
+            metrics.transitions.labels(state).inc()
+        for kind in self._audit_kinds:
+            metrics.audit_events.labels(kind).inc()

@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
-import pytest
+import threading
 
+import anyio
+import httpx
+import pytest
+from sqlalchemy import select
+
+from broker.app import create_app
+from broker.context import Broker
+from broker.db.models import AuditEvent
+from broker.expiry import run_maintenance
 from netpolicy import DesiredState
 
-from .broker_harness import Harness, anyio_backend, harness, keypair
+from .broker_harness import Harness, anyio_backend, bearer, harness, keypair
 
 __all__ = ["anyio_backend", "harness"]
 pytestmark = pytest.mark.anyio
@@ -249,8 +258,6 @@ async def test_tunnel_addresses_are_unique_and_reused_after_end(harness: Harness
 
 
 async def test_long_poll_wakes_on_approval(harness: Harness) -> None:
-    import anyio
-
     h = harness
     w = await h.world()
     sid = (await h.request(w.tech_a, "ann-house", ["tv:tcp/443"]))["id"]
@@ -269,33 +276,50 @@ async def test_long_poll_wakes_on_approval(harness: Harness) -> None:
     assert results == [200]
 
 
-async def test_state_survives_a_restart(harness: Harness, tmp_path: object) -> None:
-    from broker.app import create_app
-
+async def test_state_survives_a_restart(harness: Harness) -> None:
     h = harness
     w = await h.world()
     sid = (await h.request(w.tech_a, "ann-house", ["tv:tcp/443"]))["id"]
     await h.ok("POST", f"/v1/sessions/{sid}/approve", w.owner_a)
     h.broker.engine.dispose()
     app = create_app(h.broker.settings, clock=h.clock)
-    import httpx
-
     transport = httpx.ASGITransport(app=app)
     async with httpx.AsyncClient(transport=transport, base_url="http://b") as client:
-        again = await client.get(
-            f"/v1/sessions/{sid}", headers={"Authorization": f"Bearer {w.tech_a}"}
-        )
+        again = await client.get(f"/v1/sessions/{sid}", headers=bearer(w.tech_a))
         assert again.json()["state"] == "approved"
-        verify = await client.get(
-            "/v1/audit/verify", headers={"Authorization": f"Bearer {w.admin}"}
-        )
+        verify = await client.get("/v1/audit/verify", headers=bearer(w.admin))
         assert verify.json()["ok"] is True
     app.state.broker.engine.dispose()
 
 
-async def test_concurrent_approvals_get_distinct_tunnel_addresses(harness: Harness) -> None:
-    import anyio
+async def test_expiry_job_in_two_processes_ends_each_session_once(harness: Harness) -> None:
+    """Two brokers on one database run the job at the same moment: no double ending."""
+    h = harness
+    w = await h.world()
+    for _ in range(15):
+        sid = (await h.request(w.tech_a, "ann-house", ["tv:tcp/443"], 60))["id"]
+        await h.ok("POST", f"/v1/sessions/{sid}/approve", w.owner_a)
+    h.clock.advance(60)
+    other: Broker = create_app(h.broker.settings, clock=h.clock).state.broker
+    results: list[int] = []
+    threads = [
+        threading.Thread(target=lambda b=b: results.append(run_maintenance(b)["expired"]))
+        for b in (h.broker, other, h.broker, other)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    other.engine.dispose()
+    assert sum(results) == 15
+    with h.broker.sessionmaker() as db:
+        ended = db.scalars(select(AuditEvent.object).where(AuditEvent.action == "session.ended"))
+        assert len(list(ended)) == 15
+    verify = await h.ok("GET", "/v1/audit/verify", w.admin)
+    assert verify["ok"] is True
 
+
+async def test_concurrent_approvals_get_distinct_tunnel_addresses(harness: Harness) -> None:
     h = harness
     w = await h.world()
     sids = [(await h.request(w.tech_a, "ann-house", ["tv:tcp/443"]))["id"] for _ in range(12)]

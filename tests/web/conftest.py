@@ -286,10 +286,16 @@ def context(browser: Browser, world: World) -> Iterator[BrowserContext]:
         timezone_id=VIEWER_ZONE,
     )
     made.set_default_timeout(10_000)
+    problems: list[str] = []
+    made.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+    made.on("weberror", lambda e: problems.append(str(e.error)))
     try:
         yield made
     finally:
         made.close()
+    # Script errors and Content-Security-Policy refusals show up here.
+    unexpected = [p for p in problems if "status of 4" not in p]
+    assert not unexpected, unexpected
 
 
 def sign_in(page: Page, world: World, who: Person) -> None:
@@ -303,9 +309,12 @@ def sign_in(page: Page, world: World, who: Person) -> None:
 
 
 def shoot(page: Page, directory: Path, name: str) -> None:
-    """Desktop and phone views of the page as it is now."""
+    """Desktop and phone views of the page as it is now; on a phone nothing may stick out
+    sideways (wide tables and config text scroll inside their own box)."""
     page.set_viewport_size(DESKTOP)
     page.screenshot(path=directory / f"{name}-desktop.png", full_page=True)
     page.set_viewport_size(PHONE)
+    width = page.evaluate("document.documentElement.scrollWidth")
+    assert width <= PHONE["width"], f"{name}: page is {width}px wide on a phone"
     page.screenshot(path=directory / f"{name}-phone.png", full_page=True)
     page.set_viewport_size(DESKTOP)
