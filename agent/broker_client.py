@@ -12,6 +12,7 @@ import hashlib
 import hmac
 import random
 import ssl
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import TracebackType
@@ -155,6 +156,17 @@ class BrokerClient:
 
     def fetch_state(self, after: int, wait: int) -> DesiredState | None:
         """Long-poll: the desired state if the revision moved past ``after``, else None."""
+        answer = self.fetch_state_timed(after, wait, time.monotonic)
+        return None if answer is None else answer[0]
+
+    def fetch_state_timed(
+        self, after: int, wait: int, clock: Callable[[], float]
+    ) -> tuple[DesiredState, float] | None:
+        """``fetch_state``, with the ``clock()`` reading taken when the answer arrived.
+
+        Lifetimes (``expires_in``) count from that moment: reading the clock after
+        parsing a large document would stretch every lifetime by the parse time.
+        """
         wait = min(max(wait, 0), MAX_WAIT_S)
         response = _send(
             self._http,
@@ -163,9 +175,10 @@ class BrokerClient:
             params={"after": after, "wait": wait},
             timeout=wait + _POLL_SLACK_S,
         )
+        arrived = clock()
         if response.status_code == 204:
             return None
-        return DesiredState.from_dict(_json(response))
+        return DesiredState.from_dict(_json(response)), arrived
 
     def report(self, payload: Mapping[str, Any]) -> None:
         """``POST /v1/agent/report``: applied revision, peers, element counters, neighbours."""

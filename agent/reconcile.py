@@ -448,6 +448,7 @@ class Agent:
             },
             "elements": element_rows,
             "peers": peer_rows,
+            "counters": counters,
         }
 
 

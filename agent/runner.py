@@ -70,6 +70,7 @@ class Runner:
         self._retry_at = 0.0
         self._last_apply = 0.0
         self._last_report: float | None = None
+        self._applied_at = 0.0  # wall clock of the last successful apply, for the status
 
     def run(self) -> None:
         while not self.stop.is_set():
@@ -124,7 +125,7 @@ class Runner:
             self._retry_at = now + max(_RETRY_S, self.poll_interval)
             log_event("apply_failed", reason=reason, revision=self._document.revision, error=exc)
             return
-        self._dirty, self._last_apply = False, now
+        self._dirty, self._last_apply, self._applied_at = False, now, time.time()
         if result.changed or reason != "resync":
             log_event(
                 "applied",
@@ -162,8 +163,7 @@ class Runner:
         if self.status_file is None:
             return
         try:
-            write_json_atomically(
-                self.status_file, {**status, "applied_at": time.time(), "pid": os.getpid()}
-            )
+            extra = {"applied_at": self._applied_at, "pid": os.getpid()}
+            write_json_atomically(self.status_file, {**status, **extra})
         except OSError as exc:
             log_event("status_failed", error=exc)

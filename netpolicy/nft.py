@@ -1,9 +1,13 @@
 """Compile desired state into libnftables JSON for ``table inet ztb``.
 
-The table holds two grant sets keyed ``tunnel ip . device ip . l4proto . port`` with
-per-element timeouts and counters. Every packet from the tunnel is looked up (not just new
-ones), so removing an element cuts a flow at once, and the kernel drops it at expiry even
-if the agent is dead.
+The table holds grant sets keyed ``tunnel ip . device ip . l4proto . port`` with
+per-element timeouts and counters: single ports live in hash sets (``grants4``/``grants6``),
+port ranges in interval sets (``ranges4``/``ranges6``). The split matters: adding to or
+deleting from an interval set costs time that grows with the set (measured: 64 ms to remove
+one session at 10,000 grants vs 0.09 ms in a hash set), and most grants are single ports.
+
+Every packet from the tunnel is looked up (not just new ones), so removing an element cuts
+a flow at once, and the kernel drops it at expiry even if the agent is dead.
 
 libnftables JSON takes element timeouts only as whole seconds (in nft 1.0.6 a string such
 as ``"2500ms"`` is silently ignored and the element never expires). Timeouts are therefore
@@ -24,6 +28,9 @@ FAMILY = "inet"
 TABLE = "ztb"
 SET4 = "grants4"
 SET6 = "grants6"
+RANGES4 = "ranges4"
+RANGES6 = "ranges6"
+GRANT_SETS = (SET4, SET6, RANGES4, RANGES6)
 CHAIN_FORWARD = "filter_forward"
 CHAIN_INPUT = "filter_input"
 CHAIN_OUTPUT = "filter_output"
@@ -49,7 +56,9 @@ class ElementKey:
 
     @property
     def set_name(self) -> str:
-        return SET4 if self.family == 4 else SET6
+        if self.first == self.last:
+            return SET4 if self.family == 4 else SET6
+        return RANGES4 if self.family == 4 else RANGES6
 
     def value(self) -> dict[str, Any]:
         port: int | dict[str, list[int]] = (
@@ -189,7 +198,7 @@ def _regular_chain(name: str) -> Command:
     return {"add": {"chain": {"family": FAMILY, "table": TABLE, "name": name}}}
 
 
-def _grant_set(name: str, addr_type: str) -> Command:
+def _grant_set(name: str, addr_type: str, *, ranges: bool) -> Command:
     return {
         "add": {
             "set": {
@@ -197,7 +206,7 @@ def _grant_set(name: str, addr_type: str) -> Command:
                 "table": TABLE,
                 "name": name,
                 "type": [addr_type, addr_type, "inet_proto", "inet_service"],
-                "flags": ["interval", "timeout"],
+                "flags": ["interval", "timeout"] if ranges else ["timeout"],
                 "stmt": [{"counter": None}],
             }
         }
@@ -230,7 +239,9 @@ def table_commands(interface: str) -> list[Command]:
         # Towards the tunnel only replies pass: LAN devices cannot open connections.
         _rule(CHAIN_FORWARD, on_tunnel_out, {"jump": {"target": CHAIN_TO_TUNNEL}}),
         _rule(CHAIN_FROM_TUNNEL, _grant_lookup("ip", SET4), {"accept": None}),
+        _rule(CHAIN_FROM_TUNNEL, _grant_lookup("ip", RANGES4), {"accept": None}),
         _rule(CHAIN_FROM_TUNNEL, _grant_lookup("ip6", SET6), {"accept": None}),
+        _rule(CHAIN_FROM_TUNNEL, _grant_lookup("ip6", RANGES6), {"accept": None}),
         _rule(CHAIN_FROM_TUNNEL, {"counter": None}, {"drop": None}),
         _rule(CHAIN_TO_TUNNEL, established, {"accept": None}),
         _rule(CHAIN_TO_TUNNEL, {"counter": None}, {"drop": None}),
@@ -242,8 +253,10 @@ def table_commands(interface: str) -> list[Command]:
     ]
     return [
         {"add": {"table": {"family": FAMILY, "name": TABLE}}},
-        _grant_set(SET4, "ipv4_addr"),
-        _grant_set(SET6, "ipv6_addr"),
+        _grant_set(SET4, "ipv4_addr", ranges=False),
+        _grant_set(RANGES4, "ipv4_addr", ranges=True),
+        _grant_set(SET6, "ipv6_addr", ranges=False),
+        _grant_set(RANGES6, "ipv6_addr", ranges=True),
         *chains,
         *flushes,
         *rules,
@@ -264,9 +277,9 @@ def parse_set_listing(listing: Mapping[str, Any]) -> dict[ElementKey, KernelElem
     elements: dict[ElementKey, KernelElement] = {}
     for item in listing.get("nftables", []):
         set_obj = item.get("set") if isinstance(item, dict) else None
-        if not set_obj or set_obj.get("table") != TABLE or set_obj.get("name") not in (SET4, SET6):
+        if not set_obj or set_obj.get("table") != TABLE or set_obj.get("name") not in GRANT_SETS:
             continue
-        family = 4 if set_obj["name"] == SET4 else 6
+        family = 4 if set_obj["name"] in (SET4, RANGES4) else 6
         for raw in set_obj.get("elem", []):
             elem = raw.get("elem", raw) if isinstance(raw, dict) else raw
             value = elem.get("val", elem) if isinstance(elem, dict) else elem

@@ -151,7 +151,7 @@ def kernel_after(
     result = dict(current)
     for command in commands:
         ((verb, body),) = command.items()
-        family = 4 if body["element"]["name"] == nft.SET4 else 6
+        family = 4 if body["element"]["name"] in (nft.SET4, nft.RANGES4) else 6
         for raw in body["element"]["elem"]:
             value = raw["elem"]["val"] if verb == "add" else raw
             tunnel, device, proto, port = value["concat"]

@@ -28,6 +28,7 @@ from broker.app import create_app
 from broker.bootstrap import first_admin
 from broker.config import Settings
 from broker.web import install_web
+from broker.web.security import CookiePolicy
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, BrowserContext, Page, Playwright, ViewportSize
@@ -206,7 +207,9 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         maintenance_interval_s=1.0,
     )
     app = create_app(settings, clock=clock)
-    install_web(app, secure_cookies=False)
+    if not any(getattr(route, "name", None) == "web" for route in app.routes):
+        install_web(app)  # until the app factory mounts the pages itself
+    app.state.web_cookies = CookiePolicy(secure=False)  # the tests speak plain HTTP
     admin = first_admin(app.state.broker, "admin@example.com")
     server, thread, base_url = _serve(app)
     client = httpx.Client(
