@@ -58,10 +58,12 @@ def renew_in_child(state_dir: Path, failures: int) -> RenewalOutcome:
     """Run ``agent.renew_once`` in a child process and read its one JSON line."""
     argv = [sys.executable, "-m", "agent.renew_once", "--state-dir", str(state_dir)]
     argv += ["--failures", str(failures)]
+    stderr = ""
     try:
         done = subprocess.run(
             argv, capture_output=True, text=True, timeout=_RENEW_TIMEOUT_S, check=False
         )
+        stderr = done.stderr
         data = json.loads(done.stdout.strip().splitlines()[-1])
         return RenewalOutcome(
             renewed=bool(data["renewed"]),
@@ -71,14 +73,13 @@ def renew_in_child(state_dir: Path, failures: int) -> RenewalOutcome:
             error=data["error"],
         )
     except (OSError, subprocess.TimeoutExpired, ValueError, KeyError, IndexError) as exc:
-        detail = locals().get("done")
-        stderr = detail.stderr.strip().splitlines()[-1:] if detail is not None else []
+        last = stderr.strip().splitlines()[-1:] or [str(exc) or type(exc).__name__]
         return RenewalOutcome(
             renewed=False,
             next_attempt=datetime.now(UTC) + _RENEW_RETRY * 2 ** min(failures, 5),
             failures=failures + 1,
             level="ERROR",
-            error=f"renewal child failed: {stderr[0] if stderr else exc}",
+            error=f"renewal child failed: {last[0]}",
         )
 
 
@@ -174,9 +175,9 @@ class BrokerSource:
     # ------------------------------------------------------------------- network side
     def fetch_once(self) -> float | None:
         """One long-poll round: seconds to wait before the next, None to stop fetching."""
+        self._renew_if_due()
         if self.rejected:
             return None
-        self._renew_if_due()
         try:
             answer = self._client_now().fetch_state_timed(self.after, self._wait_s, self._clock)
         except CertificateRejected as exc:
@@ -279,7 +280,7 @@ class BrokerSource:
         outcome = self._renew(self.state.path, self._renew_failures)
         self._renew_failures = 0 if outcome.renewed else outcome.failures
         self._next_renewal = None if outcome.renewed else outcome.next_attempt
-        if not outcome.renewed:
+        if outcome.error is not None:
             log_event(
                 "certificate_renewal_failed",
                 level=outcome.level,
@@ -289,6 +290,8 @@ class BrokerSource:
                 next_try=outcome.next_attempt.isoformat(),
             )
             return
+        if not outcome.renewed:
+            return  # the child saw it was not due yet (clocks a hair apart)
         log_event("certificate_renewed", renewed_at=now.isoformat())
         old, self._client = self._client, None
         if old is not None:

@@ -26,9 +26,9 @@ def main(argv: list[str] | None = None) -> int:
     now = datetime.now(UTC)
     validity = StateDir(args.state_dir).read_validity()
     result = renew_if_due(args.state_dir, now, args.failures)
-    level = (
-        logging.INFO if result.renewed else max(logging.WARNING, renewal_log_level(validity, now))
-    )
+    level = logging.INFO
+    if result.error is not None:
+        level = max(logging.WARNING, renewal_log_level(validity, now))
     print(
         json.dumps(
             {

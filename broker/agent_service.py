@@ -1,4 +1,4 @@
-"""What the home agent sees and tells: desired state, reports, enrollment."""
+"""What the home agent sees and tells: desired state, reports; its certificates."""
 
 from __future__ import annotations
 
@@ -10,13 +10,13 @@ from sqlalchemy import select, update
 
 from netpolicy import DesiredState, Grant, LiveSession, validate_public_key
 
-from . import enroll_token
+from . import enroll_token, pki
 from .auth import AgentPrincipal
 from .clock import rfc3339
 from .context import UnitOfWork
-from .db.models import LIVE_STATES, AccessSession, Agent, EnrollmentToken, Home
+from .db.models import LIVE_STATES, AccessSession, Agent, AgentCertificate, EnrollmentToken, Home
 from .errors import ApiError, denied
-from .ids import digest, new_id, new_secret
+from .ids import new_id
 from .sessions_service import emit, home_network
 
 
@@ -113,27 +113,43 @@ def record_report(uow: UnitOfWork, agent: AgentPrincipal, report: dict[str, Any]
         }
 
 
-def mint_agent_credential(uow: UnitOfWork, home: Home, **fields: Any) -> tuple[Agent, str]:
-    token = new_secret("ztba")
-    agent = Agent(
-        id=new_id("agt"),
-        home_id=home.id,
-        token_hash=digest(token),
-        applied_revision=0,
-        created_at=uow.now,
-        **fields,
+def _ca(uow: UnitOfWork) -> pki.CertificateAuthority:
+    ca = uow.broker.ca
+    if ca is None:
+        raise ApiError(409, "the broker has no CA yet (run 'ztb broker bootstrap')")
+    return ca
+
+
+def ca_pem(uow: UnitOfWork) -> dict[str, Any]:
+    return {"ca_pem": _ca(uow).certificate_pem}
+
+
+def issue_certificate(uow: UnitOfWork, agent: Agent, csr_pem: str) -> str:
+    """Sign ``csr_pem`` for ``agent`` and record it; a bad CSR raises 400 before any change."""
+    lifetime = timedelta(seconds=uow.broker.settings.agent_cert_lifetime_s)
+    try:
+        cert = pki.sign_agent_csr(_ca(uow), csr_pem, agent.home_id, agent.id, uow.now, lifetime)
+    except pki.PKIError as exc:
+        raise ApiError(400, str(exc)) from None
+    serial = pki.serial_hex(cert)
+    uow.db.add(
+        AgentCertificate(
+            serial=serial,
+            agent_id=agent.id,
+            home_id=agent.home_id,
+            issued_at=uow.now,
+            not_before=cert.not_valid_before_utc,
+            not_after=cert.not_valid_after_utc,
+        )
     )
-    uow.db.add(agent)
-    uow.db.flush()
-    return agent, token
+    agent.cert_serial = serial
+    agent.cert_not_after = cert.not_valid_after_utc
+    return pki.certificate_pem(cert)
 
 
 def create_enroll_token(uow: UnitOfWork, home: Home, ttl_s: int, actor: str) -> dict[str, Any]:
-    fingerprint = uow.broker.settings.ca_fingerprint
-    if fingerprint is None:
-        raise ApiError(409, "the broker has no CA yet, so enrollment tokens cannot pin it")
     try:
-        minted = enroll_token.mint(fingerprint, uow.now, timedelta(seconds=ttl_s))
+        minted = enroll_token.mint(_ca(uow).fingerprint, uow.now, timedelta(seconds=ttl_s))
     except enroll_token.EnrollTokenError as exc:
         raise ApiError(422, str(exc)) from None
     row = EnrollmentToken(
@@ -150,7 +166,11 @@ def create_enroll_token(uow: UnitOfWork, home: Home, ttl_s: int, actor: str) -> 
 
 
 def enroll(uow: UnitOfWork, body: dict[str, Any]) -> dict[str, Any]:
-    """Redeem a one-time enrollment token for an agent credential; replays are refused."""
+    """Redeem a one-time enrollment token for a client certificate; replays are refused.
+
+    Everything (token spent, agent row, certificate) is one transaction: a CSR the CA
+    refuses rolls it all back, so a typo does not burn the token.
+    """
     try:
         token_hash = enroll_token.token_hash(body["token"])
     except enroll_token.EnrollTokenError as exc:
@@ -168,21 +188,72 @@ def enroll(uow: UnitOfWork, body: dict[str, Any]) -> dict[str, Any]:
     home = uow.db.get(Home, row.home_id)
     assert home is not None
     row.used_at = uow.now
-    agent, token = mint_agent_credential(
-        uow,
-        home,
+    agent = Agent(
+        id=new_id("agt"),
+        home_id=home.id,
         wg_public_key=body["wg_public_key"],
         interface=body["interface"],
         listen_port=body["listen_port"],
         endpoint=body["endpoint"],
+        applied_revision=0,
+        created_at=uow.now,
     )
+    uow.db.add(agent)
+    uow.db.flush()
+    certificate = issue_certificate(uow, agent, body["csr_pem"])
     home.agent_public_key = body["wg_public_key"]
     home.endpoint = body["endpoint"]
-    uow.audit(f"agent:{agent.id}", "agent.enrolled", home.id, {"token_id": row.id})
+    uow.audit(
+        f"agent:{agent.id}",
+        "agent.enrolled",
+        home.id,
+        {
+            "token_id": row.id,
+            "serial": agent.cert_serial,
+            "not_after": rfc3339(agent.cert_not_after),
+        },
+    )
+    uow.wake_agents(home.id)
     return {
+        "certificate_pem": certificate,
+        "ca_pem": _ca(uow).certificate_pem,
         "home_id": home.id,
         "agent_id": agent.id,
-        "agent_token": token,
-        "certificate_pem": None,
-        "ca_pem": None,
     }
+
+
+def renew(uow: UnitOfWork, caller: AgentPrincipal, csr_pem: str) -> dict[str, Any]:
+    """A new certificate for the caller's own identity; the one it called with stays good
+    until the new one is first seen."""
+    agent = uow.db.get(Agent, caller.agent_id)
+    assert agent is not None
+    previous = caller.serial
+    certificate = issue_certificate(uow, agent, csr_pem)
+    agent.previous_cert_serial = previous
+    uow.audit(
+        caller.actor,
+        "agent.certificate_renewed",
+        agent.home_id,
+        {
+            "previous": previous,
+            "serial": agent.cert_serial,
+            "not_after": rfc3339(agent.cert_not_after),
+        },
+    )
+    return {"certificate_pem": certificate}
+
+
+def revoke_agent(uow: UnitOfWork, home: Home, agent_ref: str, actor: str) -> Agent:
+    """Cut an agent off at once: every request checks ``revoked_at``. Its grants already in
+    the kernel still expire on their own."""
+    agent = uow.db.scalars(
+        select(Agent).where(Agent.home_id == home.id, Agent.id == agent_ref)
+    ).first()
+    if agent is None:
+        raise ApiError(404, "agent not found")
+    if agent.revoked_at is not None:
+        raise ApiError(409, f"agent {agent.id} is already revoked")
+    agent.revoked_at = uow.now
+    uow.audit(actor, "agent.revoked", home.id, {"agent_id": agent.id, "serial": agent.cert_serial})
+    uow.wake_agents(home.id)  # a long-poll in progress re-checks and answers 401
+    return agent

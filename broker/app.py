@@ -17,7 +17,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from netpolicy import PolicyError
 
-from . import audit
+from . import audit, pki
 from .clock import Clock, system_clock
 from .config import Settings
 from .context import Broker
@@ -139,6 +139,13 @@ async def _maintenance_loop(broker: Broker) -> None:
             log.exception("maintenance pass failed")
 
 
+def _load_ca(settings: Settings) -> pki.CertificateAuthority | None:
+    """The CA that ``bootstrap`` made; without one, agents cannot enroll (409)."""
+    if not (settings.data_dir / pki.CA_CERT_FILE).exists():
+        return None
+    return pki.load_ca(settings.data_dir)
+
+
 def create_app(
     settings: Settings,
     *,
@@ -166,6 +173,7 @@ def create_app(
         ),
         signer=audit.Signer.load_or_create(settings.signing_key_path),
         metrics=metrics,
+        ca=_load_ca(settings),
     )
 
     @contextlib.asynccontextmanager
@@ -187,4 +195,7 @@ def create_app(
     _install_error_handlers(app, broker)
     _install_access_log(app, metrics)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    from .web import install_web  # the pages build on the routes registered above
+
+    install_web(app)
     return app

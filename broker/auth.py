@@ -1,8 +1,9 @@
-"""Who is calling: API tokens for people and scripts, agent credentials, passwords, TOTP.
+"""Who is calling: API tokens for people and scripts, client certificates for agents.
 
-``current_user`` and ``current_agent`` are the only places a request's identity is decided;
-the agent one is where client-certificate identity plugs in. Both use their own short
-transaction, so nothing holds a database lock while a long-poll waits.
+``current_user`` and ``current_agent`` are the only places a request's identity is decided.
+Both use their own short transaction, so nothing holds a database lock while a long-poll
+waits. Agents have no bearer fallback: a leaked bearer string would outlive the
+certificate's 24 h and its private key never leaving the router.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import hashlib
 import hmac
 import os
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import pyotp
 from fastapi import Request
@@ -20,12 +21,15 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from .context import Broker
-from .db.models import Agent, ApiToken, User
+from .db.models import Agent, AgentCertificate, ApiToken, User
 from .errors import ApiError
 from .ids import digest
+from .pki import AgentIdentity
+from .tls_server import peer_agent
 
 _SCRYPT = {"n": 2**14, "r": 8, "p": 1}
 TOTP_STEP_S = 30
+LAST_SEEN_RESOLUTION = timedelta(seconds=5)
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +54,7 @@ class Principal:
 class AgentPrincipal:
     agent_id: str
     home_id: str
+    serial: str  # of the certificate this request came with
 
     @property
     def actor(self) -> str:
@@ -129,12 +134,49 @@ def current_user(request: Request) -> Principal:
         return Principal(id=user.id, email=user.email, role=user.role)
 
 
+def accepted_agent(db: Session, identity: AgentIdentity, now: datetime) -> Agent | None:
+    """The agent row a verified certificate speaks for, or None (unknown, revoked, replaced).
+
+    The current serial is good; after a renewal the previous one is too, until the new one
+    is first seen. Notes when the agent was last seen (at most every few seconds: a write).
+    """
+    agent = db.get(Agent, identity.agent_id)
+    if agent is None or agent.home_id != identity.home_id or agent.revoked_at is not None:
+        return None
+    if identity.serial == agent.cert_serial:
+        if agent.previous_cert_serial is not None or agent.last_seen_at is None:
+            agent.previous_cert_serial = None
+            certificate = db.get(AgentCertificate, identity.serial)
+            if certificate is not None and certificate.first_seen_at is None:
+                certificate.first_seen_at = now
+    elif identity.serial != agent.previous_cert_serial:
+        return None
+    if agent.last_seen_at is None or now - agent.last_seen_at >= LAST_SEEN_RESOLUTION:
+        agent.last_seen_at = now
+    return agent
+
+
 def current_agent(request: Request) -> AgentPrincipal:
-    """The calling agent. Today a per-agent bearer token; with mTLS, the client certificate."""
+    """The calling agent, from its client certificate (verified by the TLS layer, see
+    ``broker.tls_server``), checked against the agents table on every request, so a
+    revocation cuts the agent off at once, even on a kept-alive connection."""
     broker = broker_of(request)
-    token = bearer(request)
+    now = broker.clock()
+    identity = peer_agent(request, now)
+    if identity is None:
+        raise ApiError(401, "agent client certificate required (enroll with 'ztb agent enroll')")
     with broker.sessionmaker() as db, db.begin():
-        agent = db.scalars(select(Agent).where(Agent.token_hash == digest(token))).first()
-        if agent is None or agent.revoked_at is not None:
-            raise ApiError(401, "agent credential is unknown or revoked")
-        return AgentPrincipal(agent_id=agent.id, home_id=agent.home_id)
+        agent = accepted_agent(db, identity, now)
+        if agent is None:
+            raise ApiError(401, "agent certificate is unknown, replaced or revoked")
+        return AgentPrincipal(agent_id=agent.id, home_id=agent.home_id, serial=identity.serial)
+
+
+def agent_still_accepted(db: Session, agent: AgentPrincipal) -> bool:
+    """For long-polls: a revocation while the request waits ends it with 401."""
+    row = db.get(Agent, agent.agent_id)
+    return (
+        row is not None
+        and row.revoked_at is None
+        and agent.serial in (row.cert_serial, row.previous_cert_serial)
+    )

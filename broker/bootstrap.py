@@ -1,8 +1,9 @@
 """First start of a broker: data directory, schema, signing key, first admin.
 
-Preparation is a list of steps over the data directory (``STEPS``); the CA step of the PKI
-work joins that list without touching the others. Schema and the audit signing key come
-with the app itself (``create_app``), so ``serve`` on a fresh directory works too.
+Preparation is a list of steps over the data directory (``STEPS``): owner-only directory,
+then the CA (``ca.pem``, ``ca.key``) and the HTTPS certificate for ``settings.tls_names``.
+Schema and the audit signing key come with the app itself (``create_app``); ``serve`` runs
+the steps too, so a fresh directory works and a changed ``--tls-name`` gets a new cert.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 
 from sqlalchemy import select
 
+from . import pki
 from .app import create_app
 from .clock import Clock, system_clock
 from .config import Settings
@@ -29,7 +31,18 @@ def prepare_data_dir(settings: Settings, now: datetime) -> None:
     settings.data_dir.chmod(0o700)
 
 
-STEPS: list[Step] = [prepare_data_dir]
+def prepare_pki(settings: Settings, now: datetime) -> None:
+    """The CA agents' certificates chain to, and the broker's own HTTPS certificate."""
+    ca = pki.load_or_create_ca(settings.data_dir, now)
+    pki.ensure_server_certificate(settings.data_dir, ca, settings.tls_names, now)
+
+
+STEPS: list[Step] = [prepare_data_dir, prepare_pki]
+
+
+def prepare(settings: Settings, clock: Clock = system_clock) -> None:
+    for step in STEPS:
+        step(settings, clock())
 
 
 def first_admin(broker: Broker, email: str) -> dict[str, Any]:
@@ -45,8 +58,7 @@ def first_admin(broker: Broker, email: str) -> dict[str, Any]:
 def bootstrap(
     settings: Settings, email: str = "admin@localhost", clock: Clock = system_clock
 ) -> dict[str, Any]:
-    for step in STEPS:
-        step(settings, clock())
+    prepare(settings, clock)
     broker: Broker = create_app(settings, clock=clock).state.broker
     try:
         return first_admin(broker, email)

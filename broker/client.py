@@ -221,6 +221,10 @@ class BrokerClient:
         body: Json = {} if ttl_s is None else {"ttl_s": ttl_s}
         return self._json("POST", f"/v1/homes/{_segment(home)}/enroll-token", body=body)
 
+    def revoke_agent(self, home: str, agent_id: str) -> Json:
+        path = f"/v1/homes/{_segment(home)}/agents/{_segment(agent_id)}/revoke"
+        return self._json("POST", path, body={})
+
     def add_device(self, home: str, name: str, ip: str, mac: str | None) -> Json:
         body: Json = {"name": name, "ip": ip}
         if mac:

@@ -20,7 +20,9 @@ class Settings:
     longpoll_max_s: float = 60.0
     webhook_attempts: int = 4
     webhook_backoff_s: float = 0.5
-    ca_fingerprint: str | None = None  # SHA-256 of the CA cert; enrollment tokens pin it
+    # Names (DNS or IP) agents dial: the broker's HTTPS certificate is issued for them.
+    tls_names: tuple[str, ...] = ("localhost", "127.0.0.1")
+    agent_cert_lifetime_s: int = 24 * 3600
 
     @property
     def database_url(self) -> str:

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import cached_property
 from typing import Any, TypeVar
 
 from sqlalchemy import Engine
@@ -20,9 +21,11 @@ from sqlalchemy.orm import Session, sessionmaker
 from . import audit
 from .clock import Clock
 from .config import Settings
+from .db.engine import read_session_factory
 from .errors import Denial
 from .metrics import Metrics
 from .notifier import Notifier
+from .pki import CertificateAuthority
 from .webhooks import Delivery, WebhookSender
 
 T = TypeVar("T")
@@ -39,6 +42,17 @@ class Broker:
     webhooks: WebhookSender
     signer: audit.Signer
     metrics: Metrics
+    ca: CertificateAuthority | None = None  # signs agent certificates; None before bootstrap
+
+    @cached_property
+    def read_sessionmaker(self) -> sessionmaker[Session]:
+        return read_session_factory(self.engine)
+
+    @contextmanager
+    def read(self) -> Iterator[Session]:
+        """One read-only transaction: never takes the SQLite write lock, never writes."""
+        with self.read_sessionmaker() as db, db.begin():
+            yield db
 
     @contextmanager
     def unit_of_work(self) -> Iterator[UnitOfWork]:

@@ -94,11 +94,15 @@ class MoreGrants(Body):
 
 class Enrollment(Body):
     token: str = Field(max_length=256)
-    csr_pem: str | None = Field(default=None, max_length=16384)
+    csr_pem: str = Field(max_length=16384)
     wg_public_key: str = Field(max_length=64)
     interface: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,15}$")
     listen_port: int = Field(ge=1, le=65535)
     endpoint: str = Field(max_length=255)
+
+
+class Renewal(Body):
+    csr_pem: str = Field(max_length=16384)
 
 
 class Peer(BaseModel):

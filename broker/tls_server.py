@@ -51,21 +51,35 @@ __all__ = [
 _TLS_VERSIONS = {"TLSv1.2": 0x0303, "TLSv1.3": 0x0304}
 
 
-def server_ssl_context(data_dir: Path) -> ssl.SSLContext:
-    """TLS ≥ 1.2 with the broker's server cert; client certs optional, from the broker CA."""
+def server_ssl_context(
+    data_dir: Path, cert_file: Path | None = None, key_file: Path | None = None
+) -> ssl.SSLContext:
+    """TLS ≥ 1.2 with the broker's server cert; client certs optional, from the broker CA.
+
+    ``cert_file``/``key_file`` replace ``DATA_DIR/server.pem`` (e.g. a public CA's
+    certificate); agents then need that chain's root, client certs still chain to the CA.
+    """
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.load_cert_chain(data_dir / SERVER_CERT_FILE, data_dir / SERVER_KEY_FILE)
+    context.load_cert_chain(
+        cert_file or data_dir / SERVER_CERT_FILE, key_file or data_dir / SERVER_KEY_FILE
+    )
     context.load_verify_locations(cafile=data_dir / CA_CERT_FILE)
     context.verify_mode = ssl.CERT_OPTIONAL
     return context
 
 
 def https_config(
-    app: ASGIApp, data_dir: Path, host: str, port: int, **options: Any
+    app: ASGIApp,
+    data_dir: Path,
+    host: str,
+    port: int,
+    cert_file: Path | None = None,
+    key_file: Path | None = None,
+    **options: Any,
 ) -> uvicorn.Config:
     """A uvicorn config serving ``app`` over HTTPS from ``DATA_DIR``'s server cert and CA."""
-    context = server_ssl_context(data_dir)
+    context = server_ssl_context(data_dir, cert_file, key_file)
     return uvicorn.Config(
         app,
         host=host,
@@ -76,9 +90,17 @@ def https_config(
     )
 
 
-def serve_https(app: ASGIApp, data_dir: Path, host: str, port: int, **options: Any) -> None:
+def serve_https(
+    app: ASGIApp,
+    data_dir: Path,
+    host: str,
+    port: int,
+    cert_file: Path | None = None,
+    key_file: Path | None = None,
+    **options: Any,
+) -> None:
     """Blocking: what ``ztb broker serve`` runs (``options`` go to ``uvicorn.Config``)."""
-    uvicorn.Server(https_config(app, data_dir, host, port, **options)).run()
+    uvicorn.Server(https_config(app, data_dir, host, port, cert_file, key_file, **options)).run()
 
 
 class PeerCertificateProtocol(H11Protocol):

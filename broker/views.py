@@ -38,6 +38,7 @@ def agent_view(agent: Agent) -> dict[str, Any]:
         "applied_revision": agent.applied_revision,
         "last_seen_at": rfc3339(agent.last_seen_at),
         "cert_not_after": rfc3339(agent.cert_not_after),
+        "cert_serial": agent.cert_serial,
         "revoked": agent.revoked_at is not None,
     }
 

@@ -71,6 +71,7 @@ class Lab:
         technicians: int = 2,
         run_root: Path = RUN_ROOT,
         start_agent: bool = True,
+        connect_technicians: bool = True,
     ) -> None:
         self.topo = Topology(prefix or random_prefix(), technicians)
         self.run_dir = run_root / self.topo.prefix
@@ -82,6 +83,7 @@ class Lab:
         self.agent: Process | None = None
         self._agent_popen: subprocess.Popen[bytes] | None = None
         self._start_agent = start_agent
+        self._connect_technicians = connect_technicians
         self._psk_files: dict[int, Path] = {}
         self._owned = False
 
@@ -120,7 +122,7 @@ class Lab:
         if self._start_agent:
             self.start_agent()
             self.wait_applied()
-        for tech in self.topo.technicians:
+        for tech in self.topo.technicians if self._connect_technicians else ():
             config = technician.write_config(
                 tech,
                 self.tech_keys[tech.index],
@@ -181,7 +183,7 @@ class Lab:
             argv += ["--max-seconds", str(SERVICE_LIFETIME_S)]
             for svc in svcs:
                 argv += [f"--{svc.proto}", str(svc.ports)]
-            self._spawn(ns, argv, f"services {name}", self.run_dir / f"{name}.out")
+            self.spawn(ns, argv, f"services {name}", self.run_dir / f"{name}.out")
         deadline = time.monotonic() + READY_TIMEOUT_S
         for name, _, _ in hosts:
             while not services.is_ready(self.service_log(name)):
@@ -189,7 +191,8 @@ class Lab:
                     raise RuntimeError(f"lab service {name} did not start; see {self.run_dir}")
                 time.sleep(0.02)
 
-    def _spawn(self, ns: str, argv: list[str], what: str, out: Path) -> subprocess.Popen[bytes]:
+    def spawn(self, ns: str, argv: list[str], what: str, out: Path) -> subprocess.Popen[bytes]:
+        """Start ``argv`` in namespace ``ns``, recorded so cleanup stops it even after a crash."""
         with out.open("ab") as log:
             popen = subprocess.Popen(
                 netns.exec_argv(ns, argv),
@@ -217,7 +220,7 @@ class Lab:
             "--status-file", str(self.status_file),
             "--poll-interval", "0.2",
         )  # fmt: skip
-        self._agent_popen = self._spawn(self.topo.router, argv, "agent", self.agent_log)
+        self._agent_popen = self.spawn(self.topo.router, argv, "agent", self.agent_log)
         self.agent = self.state.processes[-1]
         return self.agent
 

@@ -5,7 +5,8 @@
     technicians (203.0.113.11, .12, ...) ─┐
     home router WAN (203.0.113.1) ────────┤ bridge in the "inet" namespace
                                           │ (203.0.113.254, 198.51.100.1)
-    internet host (198.51.100.10) ── veth ┘
+    internet host (198.51.100.10) ── veth ┤
+    broker (198.51.100.2:8443) ───── veth ┘ (the real ``ztb broker serve``)
     home router LAN bridge 192.168.77.1/24 + fd77::1/64
       └── thermostat .20, camera .21, nas .22 (one namespace each)
 
@@ -39,6 +40,8 @@ ROUTER_WAN_IP = IPv4Address("203.0.113.1")
 INET_WAN_GW = IPv4Address("203.0.113.254")
 INET_HOST_GW = IPv4Address("198.51.100.1")
 INTERNET_HOST_IP = IPv4Address("198.51.100.10")
+BROKER_IP = IPv4Address("198.51.100.2")
+BROKER_PORT = 8443
 WG_PORT = 51820
 
 
@@ -136,6 +139,14 @@ class Topology:
         return self.ns("router")
 
     @property
+    def broker(self) -> str:
+        return self.ns("broker")
+
+    @property
+    def broker_url(self) -> str:
+        return f"https://{BROKER_IP}:{BROKER_PORT}"
+
+    @property
     def router_wg(self) -> str:
         return f"{self.prefix}-wg"
 
@@ -168,6 +179,7 @@ class Topology:
         return (
             self.inet,
             self.host,
+            self.broker,
             self.router,
             *(self.device_ns(d) for d in DEVICES),
             *(t.namespace for t in self.technicians),
@@ -199,6 +211,7 @@ def build(topo: Topology, created: list[str]) -> None:
         created.append(name)
         netns.create_namespace(name)
     _build_internet(topo)
+    _build_broker(topo)
     _build_router(topo)
     for device in DEVICES:
         _build_device(topo, device)
@@ -215,6 +228,16 @@ def _build_internet(topo: Topology) -> None:
         topo.host, "eth0", [f"{INTERNET_HOST_IP}/24"], [("0.0.0.0/0", str(INET_HOST_GW))]
     )
     netns.sysctl(topo.inet, {"net.ipv4.ip_forward": "1"})
+
+
+def _build_broker(topo: Topology) -> None:
+    """A /32 on its own veth: the internet host keeps its /24, the broker sits beside it."""
+    netns.add_veth(topo.inet, "broker", topo.broker, "eth0")
+    netns.configure(topo.inet, "broker")
+    netns.run_in(topo.inet, ["ip", "route", "add", f"{BROKER_IP}/32", "dev", "broker"])
+    netns.configure(topo.broker, "eth0", [f"{BROKER_IP}/32"])
+    netns.run_in(topo.broker, ["ip", "route", "add", f"{INET_HOST_GW}/32", "dev", "eth0"])
+    netns.run_in(topo.broker, ["ip", "route", "add", "default", "via", str(INET_HOST_GW)])
 
 
 def _build_router(topo: Topology) -> None:

@@ -112,11 +112,12 @@ def _agents_text(agents: list[Any]) -> str:
             str(agent.get("interface") or "-"),
             clock(agent.get("last_seen_at")),
             clock(agent.get("cert_not_after")),
+            "revoked" if agent.get("revoked") else "active",
         )
         for agent in agents
         if isinstance(agent, dict)
     ]
-    return table(("agent", "interface", "last seen", "certificate expires"), rows)
+    return table(("agent", "interface", "last seen", "certificate expires", "status"), rows)
 
 
 @app.command("show")
@@ -168,6 +169,21 @@ def enroll_token(
         str(issued.get("token")),
         f"one-time enrollment token for {home}, valid until {clock(issued.get('expires_at'))}:",
     )
+
+
+@app.command("revoke-agent")
+def revoke_agent(
+    home: HomeArgument,
+    agent: Annotated[str, typer.Argument(help="Agent id (see 'ztb home show').")],
+    broker: BrokerOption = None,
+    token: TokenOption = None,
+    ca_cert: CaCertOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Refuse the agent's certificate from now on; grants it applied still expire."""
+    with connect(broker, token, ca_cert) as client:
+        revoked = client.revoke_agent(home, agent)
+    emit(as_json, revoked, f"revoked agent {revoked.get('id')} of {home}")
 
 
 @app.command("policy")

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from cryptography import x509
 
 from broker.config import Settings
-from broker.pki import CA_CERT_FILE, fingerprint
 
 app = typer.Typer(help="Run or bootstrap the broker service.", no_args_is_help=True)
 
@@ -19,17 +18,19 @@ DataDir = Annotated[
     Path,
     typer.Option("--data-dir", envvar="ZTB_DATA_DIR", help="Broker state: database, keys."),
 ]
-
-
-def _settings(data_dir: Path, db: str | None) -> Settings:
-    """Enrollment tokens pin the CA when the data directory has one."""
-    ca_file = data_dir / CA_CERT_FILE
-    ca_fingerprint = (
-        fingerprint(x509.load_pem_x509_certificate(ca_file.read_bytes()))
-        if ca_file.exists()
-        else None
-    )
-    return Settings(data_dir=data_dir, db_url=db, ca_fingerprint=ca_fingerprint)
+Db = Annotated[
+    str | None, typer.Option("--db", envvar="ZTB_DB", help="Database URL (default: SQLite).")
+]
+TlsNames = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--tls-name",
+        help="DNS name or IP agents and clients dial (repeat); the HTTPS certificate names "
+        "them. Default: localhost, 127.0.0.1 and the --listen host.",
+        show_default=False,
+    ),
+]
+DEFAULT_TLS_NAMES = ("localhost", "127.0.0.1")
 
 
 def _listen(text: str) -> tuple[str, int]:
@@ -39,24 +40,54 @@ def _listen(text: str) -> tuple[str, int]:
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
+def _tls_names(given: list[str] | None, listen_host: str | None) -> tuple[str, ...]:
+    """Given names win; otherwise the defaults plus a concrete listen address."""
+    if given:
+        return tuple(dict.fromkeys(given))
+    names = list(DEFAULT_TLS_NAMES)
+    if listen_host and not _is_wildcard(listen_host):
+        names.append(listen_host)
+    return tuple(dict.fromkeys(names))
+
+
+def _is_wildcard(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_unspecified
+    except ValueError:
+        return False
+
+
 @app.command()
 def serve(
     data_dir: DataDir = Path("/var/lib/ztb-broker"),
-    db: Annotated[
-        str | None, typer.Option("--db", envvar="ZTB_DB", help="Database URL (default: SQLite).")
+    db: Db = None,
+    listen: Annotated[str, typer.Option("--listen", help="HOST:PORT to bind.")] = "127.0.0.1:8443",
+    tls_name: TlsNames = None,
+    cert: Annotated[
+        Path | None,
+        typer.Option(
+            "--cert", help="Serve this certificate (PEM chain) instead of the CA's.", dir_okay=False
+        ),
     ] = None,
-    listen: Annotated[str, typer.Option("--listen", help="HOST:PORT to bind.")] = "127.0.0.1:8080",
+    key: Annotated[
+        Path | None, typer.Option("--key", help="Private key of --cert.", dir_okay=False)
+    ] = None,
 ) -> None:
-    """Serve the HTTP API (plain HTTP; TLS and mTLS come from the PKI work)."""
-    import uvicorn
-
+    """Serve the API over HTTPS; agents authenticate with client certificates (mTLS)."""
     from broker.app import create_app
+    from broker.bootstrap import prepare
     from broker.jsonlog import configure
+    from broker.tls_server import serve_https
 
     host, port = _listen(listen)
+    if (cert is None) != (key is None):
+        raise typer.BadParameter("give --cert and --key together", param_hint="--cert/--key")
+    settings = Settings(data_dir=data_dir, db_url=db, tls_names=_tls_names(tls_name, host))
+    prepare(settings)  # CA for signing agent certificates; server cert current for the names
     configure(logging.INFO)
-    settings = _settings(data_dir, db)
-    uvicorn.run(create_app(settings), host=host, port=port, log_config=None, access_log=False)
+    serve_https(
+        create_app(settings), data_dir, host, port, cert, key, log_config=None, access_log=False
+    )
 
 
 @app.command()
@@ -65,15 +96,19 @@ def bootstrap(
     email: Annotated[str, typer.Option("--email", help="The first admin's email.")] = (
         "admin@localhost"
     ),
-    db: Annotated[str | None, typer.Option("--db", envvar="ZTB_DB")] = None,
+    db: Db = None,
+    tls_name: TlsNames = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
-    """Create the data directory, schema, keys and the first admin; print the admin token."""
+    """Create the data directory, CA (DATA_DIR/ca.pem), keys and the first admin; print
+    the admin token."""
     from broker.bootstrap import bootstrap as run_bootstrap
+    from broker.pki import CA_CERT_FILE
 
-    settings = _settings(data_dir, db)
+    settings = Settings(data_dir=data_dir, db_url=db, tls_names=_tls_names(tls_name, None))
     result = run_bootstrap(settings, email)
     if as_json:
-        typer.echo(json.dumps({**result, "data_dir": str(data_dir)}))
+        ca_file = str(data_dir / CA_CERT_FILE)
+        typer.echo(json.dumps({**result, "data_dir": str(data_dir), "ca_cert": ca_file}))
     else:
         typer.echo(result["token"])

@@ -1,9 +1,16 @@
 """Engines and schema upgrades for SQLite (embedded default) and PostgreSQL.
 
-SQLite runs in WAL mode and every transaction starts with ``BEGIN IMMEDIATE``: writers
-queue on the database lock (``busy_timeout``) instead of failing when a read transaction
-tries to upgrade, which is what keeps the audit chain and tunnel allocation serial there.
-PostgreSQL uses row locks (``SELECT ... FOR UPDATE``) and unique constraints instead.
+SQLite runs in WAL mode and every writing transaction starts with ``BEGIN IMMEDIATE``:
+writers queue on the database lock (``busy_timeout``) instead of failing when a read
+transaction tries to upgrade, which is what keeps the audit chain and tunnel allocation
+serial there. Read-only sessions (``READ_ONLY``) start a plain deferred ``BEGIN``: in WAL
+mode they read a snapshot and never wait for, or block, a writer.
+
+Durability on SQLite is chosen in the URL: ``?synchronous=normal`` (default) syncs the WAL
+at checkpoints only, so a committed change survives a crash of the broker process but the
+last transactions may be lost if the machine loses power; ``?synchronous=full`` syncs every
+commit (several times slower per write). PostgreSQL uses row locks (``SELECT ... FOR
+UPDATE``) and unique constraints instead, and its own durability settings.
 """
 
 from __future__ import annotations
@@ -13,11 +20,14 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
 DB_FILE = "broker.db"
+SQLITE_SYNCHRONOUS = ("normal", "full")
+# Execution option of sessions that never write (token lookups, GETs, long-poll reads).
+READ_ONLY = "ztb_read_only"
 
 
 def sqlite_url(data_dir: Path) -> str:
@@ -25,16 +35,26 @@ def sqlite_url(data_dir: Path) -> str:
 
 
 def make_engine(url: str) -> Engine:
-    if not url.startswith("sqlite"):
-        return create_engine(url, pool_pre_ping=True)
-    engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return create_engine(parsed, pool_pre_ping=True)
+    synchronous = str(parsed.query.get("synchronous", "normal")).lower()
+    if synchronous not in SQLITE_SYNCHRONOUS:
+        raise ValueError(
+            f"synchronous={synchronous!r} in the database URL: use one of "
+            + ", ".join(SQLITE_SYNCHRONOUS)
+        )
+    engine = create_engine(
+        parsed.difference_update_query(["synchronous"]),
+        connect_args={"check_same_thread": False, "timeout": 30},
+    )
 
     @event.listens_for(engine, "connect")
     def _sqlite_connect(dbapi_connection: Any, _record: Any) -> None:
         dbapi_connection.isolation_level = None  # we issue BEGIN ourselves
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=FULL")
+        cursor.execute(f"PRAGMA synchronous={synchronous.upper()}")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA secure_delete=ON")  # wiped secrets leave no copy in free pages
         cursor.execute("PRAGMA busy_timeout=30000")
@@ -42,13 +62,30 @@ def make_engine(url: str) -> Engine:
 
     @event.listens_for(engine, "begin")
     def _sqlite_begin(connection: Any) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        read_only = connection.get_execution_options().get(READ_ONLY, False)
+        connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
     return engine
 
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
+
+
+def _refuse_writes(session: Session, _context: Any, _instances: Any) -> None:
+    if session.new or session.dirty or session.deleted:
+        raise RuntimeError("a read-only database session tried to write")
+
+
+def read_session_factory(engine: Engine) -> sessionmaker[Session]:
+    """Sessions for work that only reads: no write lock on SQLite, ``READ ONLY`` on
+    PostgreSQL; flushing a change raises instead of upgrading the transaction."""
+    options: dict[str, Any] = {READ_ONLY: True}
+    if engine.dialect.name == "postgresql":
+        options["postgresql_readonly"] = True
+    factory = sessionmaker(engine.execution_options(**options), expire_on_commit=False)
+    event.listen(factory, "before_flush", _refuse_writes)
+    return factory
 
 
 def migrate(engine: Engine) -> None:

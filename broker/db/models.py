@@ -89,14 +89,30 @@ class Agent(Base):
     interface: Mapped[str | None] = mapped_column(String(15))
     listen_port: Mapped[int | None]
     endpoint: Mapped[str | None] = mapped_column(String(255))
-    # Bearer credential until client certificates identify agents.
-    token_hash: Mapped[str | None] = mapped_column(String(64), unique=True)
+    # The client certificate the agent authenticates with (lower-case hex serial). After a
+    # renewal the previous one stays good until the new one is first seen, so an answer
+    # lost in transit does not lock the agent out.
     cert_serial: Mapped[str | None] = mapped_column(String(64), unique=True)
     cert_not_after: Mapped[datetime | None]
+    previous_cert_serial: Mapped[str | None] = mapped_column(String(64))
     applied_revision: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime]
     last_seen_at: Mapped[datetime | None]
     revoked_at: Mapped[datetime | None]
+
+
+class AgentCertificate(Base):
+    """Inventory of every client certificate the CA issued: who, when, until when."""
+
+    __tablename__ = "agent_certificates"
+
+    serial: Mapped[str] = mapped_column(String(64), primary_key=True)
+    agent_id: Mapped[str] = mapped_column(ForeignKey("agents.id", ondelete="CASCADE"), index=True)
+    home_id: Mapped[str] = mapped_column(ForeignKey("homes.id", ondelete="CASCADE"), index=True)
+    issued_at: Mapped[datetime]
+    not_before: Mapped[datetime]
+    not_after: Mapped[datetime]
+    first_seen_at: Mapped[datetime | None]
 
 
 class EnrollmentToken(Base):

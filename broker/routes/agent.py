@@ -1,4 +1,4 @@
-"""The home agent's endpoints: enroll, long-poll desired state, report back."""
+"""The home agent's endpoints: CA, enroll, renew, long-poll desired state, report back."""
 
 from __future__ import annotations
 
@@ -8,15 +8,23 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 
-from ..agent_service import desired_state, enroll, record_report
-from ..auth import AgentPrincipal, broker_of, current_agent
+from ..agent_service import ca_pem, desired_state, enroll, record_report, renew
+from ..auth import AgentPrincipal, agent_still_accepted, broker_of, current_agent
 from ..context import Broker, UnitOfWork
 from ..db.models import Home
+from ..errors import ApiError
 from ..notifier import wait_for_change
-from ..schemas import Enrollment, Report
+from ..schemas import Enrollment, Renewal, Report
 
 router = APIRouter(prefix="/v1/agent", tags=["agent"])
 AgentId = Annotated[AgentPrincipal, Depends(current_agent)]
+
+
+@router.get("/ca")
+def ca(request: Request) -> dict[str, Any]:
+    """No auth: the agent checks it against the fingerprint in its enrollment token."""
+    with broker_of(request).unit_of_work() as uow:
+        return ca_pem(uow)
 
 
 @router.post("/enroll", status_code=201)
@@ -24,9 +32,16 @@ def enroll_agent(request: Request, body: Enrollment) -> dict[str, Any]:
     return broker_of(request).run(lambda uow: enroll(uow, body.model_dump()))
 
 
-def _state_if_newer(broker: Broker, home_id: str, after: int) -> dict[str, Any] | None:
+@router.post("/renew")
+def renew_certificate(request: Request, agent: AgentId, body: Renewal) -> dict[str, Any]:
+    return broker_of(request).run(lambda uow: renew(uow, agent, body.csr_pem))
+
+
+def _state_if_newer(broker: Broker, agent: AgentPrincipal, after: int) -> dict[str, Any] | None:
     with broker.unit_of_work() as uow:
-        home = uow.db.get(Home, home_id)
+        if not agent_still_accepted(uow.db, agent):
+            raise ApiError(401, "agent certificate is unknown, replaced or revoked")
+        home = uow.db.get(Home, agent.home_id)
         assert home is not None
         if home.revision <= after:
             return None
@@ -47,7 +62,7 @@ async def state(
     try:
         while True:
             change = broker.notifier.subscribe(agent.home_id)
-            document = await run_in_threadpool(_state_if_newer, broker, agent.home_id, after)
+            document = await run_in_threadpool(_state_if_newer, broker, agent, after)
             if document is not None:
                 return document
             remaining = deadline - time.monotonic()

@@ -1,4 +1,4 @@
-"""Homes, their devices, policy and agent credentials."""
+"""Homes, their devices, policy, enrollment tokens and agents."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from sqlalchemy import select
 from netpolicy.policy import HomePolicy
 
 from ..access import can_see_home, home_for, require_role
-from ..agent_service import create_enroll_token, mint_agent_credential
+from ..agent_service import create_enroll_token, revoke_agent
 from ..auth import Principal, broker_of, current_user
 from ..context import UnitOfWork
 from ..db.models import Agent, Device, Home
@@ -24,7 +24,7 @@ from ..homes_service import (
 )
 from ..ids import new_id
 from ..schemas import DevicePatch, HomePatch, NewDevice, NewHome, Ttl
-from ..views import device_view, home_summary, home_view
+from ..views import agent_view, device_view, home_summary, home_view
 
 router = APIRouter(prefix="/v1/homes", tags=["homes"])
 Me = Annotated[Principal, Depends(current_user)]
@@ -99,15 +99,15 @@ def enroll_token(
         return create_enroll_token(uow, home, (body or Ttl()).ttl_s, principal.actor)
 
 
-@router.post("/{home_ref}/agent-token", status_code=201)
-def agent_token(request: Request, principal: Me, home_ref: str) -> dict[str, Any]:
-    """Admin-issued agent credential (for agents set up by hand, and for tests)."""
+@router.post("/{home_ref}/agents/{agent_id}/revoke")
+def revoke_agent_route(
+    request: Request, principal: Me, home_ref: str, agent_id: str
+) -> dict[str, Any]:
+    """Cut an agent off: its certificate is refused from the next request on."""
     with broker_of(request).unit_of_work() as uow:
-        home = home_for(uow.db, principal, home_ref, "home.agent_token")
-        require_role(principal, ["admin"], "home.agent_token", home.id)
-        agent, token = mint_agent_credential(uow, home)
-        uow.audit(principal.actor, "agent.credential_issued", home.id, {"agent_id": agent.id})
-        return {"id": agent.id, "home_id": home.id, "token": token}
+        home = home_for(uow.db, principal, home_ref, "agent.revoke")
+        require_role(principal, ["admin"], "agent.revoke", home.id)
+        return agent_view(revoke_agent(uow, home, agent_id, principal.actor))
 
 
 @router.post("/{home_ref}/devices", status_code=201)

@@ -1,6 +1,9 @@
 """The real broker app on a real SQLite file, driven in-process through httpx ASGITransport.
 
-Time is a ``FakeClock`` the tests move; the periodic job is ``run_maintenance``.
+Time is a ``FakeClock`` the tests move; the periodic job is ``run_maintenance``. Agents
+call with a real client certificate from the broker's CA: ``TlsTerminator`` plays the part
+of ``broker.tls_server.PeerCertificateProtocol`` (the handshake itself is tested over
+real TLS in test_mtls.py, test_cli_story.py and the lab).
 """
 
 from __future__ import annotations
@@ -14,16 +17,20 @@ from typing import Any
 
 import httpx
 import pytest
+from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from starlette.types import ASGIApp, Receive, Scope, Send
 
+from agent.enroll import new_tls_key_and_csr
+from broker import pki
 from broker.app import create_app
 from broker.bootstrap import first_admin
 from broker.config import Settings
 from broker.context import Broker
 from broker.expiry import run_maintenance
 
-CA_FINGERPRINT = "ab" * 32
+CLIENT_CERT_HEADER = "x-harness-client-cert"
 
 
 class FakeClock:
@@ -52,6 +59,51 @@ def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
+@dataclass(frozen=True)
+class AgentCert:
+    """An enrolled agent's client certificate, presented instead of a bearer token."""
+
+    agent_id: str
+    home_id: str
+    certificate_pem: str
+
+    @property
+    def serial(self) -> str:
+        return pki.serial_hex(x509.load_pem_x509_certificate(self.certificate_pem.encode()))
+
+
+NO_AGENT = AgentCert("", "", "")
+
+
+class TlsTerminator:
+    """Moves the test's client certificate into the ASGI TLS extension, as uvicorn would
+    after a verified handshake; requests without one arrive without a certificate."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            headers = dict(scope["headers"])
+            pem = headers.pop(CLIENT_CERT_HEADER.encode(), b"").decode().replace("|", "\n")
+            scope = {**scope, "headers": list(headers.items())}
+            chain = [pem] if pem else []
+            scope["extensions"] = {
+                **scope.get("extensions", {}),
+                "tls": {"client_cert_chain": chain},
+            }
+        await self.app(scope, receive, send)
+
+
+def presenting(cert: AgentCert | str) -> dict[str, str]:
+    pem = cert.certificate_pem if isinstance(cert, AgentCert) else cert
+    return {CLIENT_CERT_HEADER: pem.strip().replace("\n", "|")}
+
+
+def csr() -> str:
+    return new_tls_key_and_csr("ztb-agent")[1]
+
+
 @dataclass
 class World:
     """Two homes, each with an owner, devices and an enrolled agent; two technicians."""
@@ -63,8 +115,8 @@ class World:
     tech_b: str = ""
     home_a: str = ""
     home_b: str = ""
-    agent_a: str = ""
-    agent_b: str = ""
+    agent_a: AgentCert = field(default_factory=lambda: NO_AGENT)
+    agent_b: AgentCert = field(default_factory=lambda: NO_AGENT)
     ids: dict[str, str] = field(default_factory=dict)
 
 
@@ -76,12 +128,13 @@ class Harness:
     data_dir: Path
 
     async def call(
-        self, method: str, path: str, token: str | None = None, **kwargs: Any
+        self, method: str, path: str, token: str | AgentCert | None = None, **kwargs: Any
     ) -> httpx.Response:
-        headers = {**(bearer(token) if token else {}), **kwargs.pop("headers", {})}
+        credential = presenting(token) if isinstance(token, AgentCert) else bearer(token or "")
+        headers = {**(credential if token else {}), **kwargs.pop("headers", {})}
         return await self.client.request(method, path, headers=headers, **kwargs)
 
-    async def ok(self, method: str, path: str, token: str, **kwargs: Any) -> Any:
+    async def ok(self, method: str, path: str, token: str | AgentCert, **kwargs: Any) -> Any:
         response = await self.call(method, path, token, **kwargs)
         assert response.status_code < 300, (method, path, response.status_code, response.text)
         return response.json() if response.content else None
@@ -96,11 +149,12 @@ class Harness:
         )
         return str(body["id"])
 
-    async def enroll(self, admin: str, home: str, endpoint: str) -> str:
+    async def enroll(self, admin: str, home: str, endpoint: str) -> AgentCert:
         minted = await self.ok("POST", f"/v1/homes/{home}/enroll-token", admin, json={})
         _, public = keypair()
         body = {
             "token": minted["token"],
+            "csr_pem": csr(),
             "wg_public_key": public,
             "interface": "ztb0",
             "listen_port": 51820,
@@ -108,7 +162,8 @@ class Harness:
         }
         response = await self.call("POST", "/v1/agent/enroll", json=body)
         assert response.status_code == 201, response.text
-        return str(response.json()["agent_token"])
+        answer = response.json()
+        return AgentCert(answer["agent_id"], answer["home_id"], answer["certificate_pem"])
 
     async def world(self) -> World:
         w = World(admin=first_admin(self.broker, "admin@example.com")["token"])
@@ -149,12 +204,11 @@ def anyio_backend() -> str:
 @pytest.fixture
 async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
     clock = FakeClock()
-    settings = Settings(
-        data_dir=tmp_path / "broker", ca_fingerprint=CA_FINGERPRINT, webhook_backoff_s=0.05
-    )
+    settings = Settings(data_dir=tmp_path / "broker", webhook_backoff_s=0.05)
+    pki.load_or_create_ca(settings.data_dir, clock())
     app = create_app(settings, clock=clock)
     broker: Broker = app.state.broker
-    transport = httpx.ASGITransport(app=app)
+    transport = httpx.ASGITransport(app=TlsTerminator(app))
     async with httpx.AsyncClient(transport=transport, base_url="http://broker") as client:
         yield Harness(client=client, broker=broker, clock=clock, data_dir=settings.data_dir)
     broker.webhooks.close()

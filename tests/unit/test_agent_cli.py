@@ -13,7 +13,7 @@ from ztb.cli import main
 def test_run_without_a_source_is_one_clear_line(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["agent", "run", "--interface", "wgx"]) != 0
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "--desired-state is required" in err[0]
+    assert len(err) == 1 and "exactly one of --desired-state FILE or --state-dir DIR" in err[0]
 
 
 def test_run_rejects_a_bad_private_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -37,3 +37,30 @@ def test_events_are_one_logfmt_line() -> None:
     assert line.split(" ", 1)[1] == (
         'event=bad_desired_state error="bad \\"x\\"\\nline two" revision=3'
     )
+
+
+def test_run_in_state_dir_mode_takes_the_interface_from_enrollment(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["agent", "run", "--state-dir", str(tmp_path), "--interface", "wgx"]
+    assert main(argv) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "come from --state-dir" in err[0]
+    assert main(["agent", "run", "--state-dir", str(tmp_path / "none")]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "holds no enrolled agent" in err[0]
+    both = ["agent", "run", "--state-dir", str(tmp_path), "--desired-state", "d.json"]
+    assert main(both) != 0
+    assert "exactly one of" in capsys.readouterr().err
+
+
+def test_enroll_refuses_a_malformed_token_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["agent", "enroll", "--broker", "https://198.51.100.1", "--token", "nope"]
+    argv += ["--state-dir", str(tmp_path / "s"), "--interface", "wg0", "--listen-port", "51820"]
+    argv += ["--endpoint", "203.0.113.1:51820", "--json"]
+    assert main(argv) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "enrollment token must look like" in err[0]
+    assert not (tmp_path / "s").exists()

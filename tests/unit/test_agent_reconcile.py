@@ -295,3 +295,45 @@ def test_any_order_of_states_converges_to_the_last(order: tuple[str, ...]) -> No
         assert rig.text() == golden[name]
         rig.agent.apply(STATES[name])  # and nothing moves on a second pass
         assert rig.text() == golden[name]
+
+
+def test_applies_trust_the_model_and_list_the_kernel_only_when_asked() -> None:
+    rig = Rig()
+    listings: list[int] = []
+    list_table = rig.nft.list_table
+
+    def counting_list() -> dict[str, object]:
+        listings.append(1)
+        return list_table()
+
+    rig.nft.list_table = counting_list  # type: ignore[method-assign]
+    rig.agent.apply(make_state(1, make_session(1)))
+    for revision in range(2, 6):
+        rig.clock.advance(1)
+        rig.agent.apply(make_state(revision, *(make_session(n) for n in range(1, revision))))
+    assert len(listings) == 1  # at start only
+    # Someone deletes an element behind the agent's back: the resync puts it back.
+    rig.nft.run([{"delete": {"element": {"family": "inet", "table": "ztb", "name": "grants4",
+                 "elem": [{"concat": ["100.64.0.2", "192.168.1.10", "tcp", 443]}]}}}])  # fmt: skip
+    result = rig.agent.apply(make_state(5, *(make_session(n) for n in range(1, 5))), relist=True)
+    assert len(listings) == 2 and result.elements_added == 1
+    assert "100.64.0.2" in rig.nft.state_text()
+
+
+def test_the_model_forgets_elements_the_kernel_expired() -> None:
+    rig = Rig()
+    rig.agent.apply(make_state(1, make_session(1, expires_in=10), make_session(2)))
+    rig.clock.advance(20)  # the kernel dropped s1's element; the agent slept through it
+    # A new revision without s1: nothing to delete (the kernel has nothing), no error.
+    result = rig.agent.apply(make_state(2, make_session(2, expires_in=580)))
+    assert (result.elements_deleted, result.peers_removed) == (0, 1)
+    assert rig.agent.status()["elements"] == [
+        {
+            "session_id": "s2",
+            "tunnel_ip": "100.64.0.3",
+            "device_ip": "192.168.1.10",
+            "proto": "tcp",
+            "ports": "443",
+            "expires": 580,
+        }
+    ]

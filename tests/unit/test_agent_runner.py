@@ -29,8 +29,8 @@ def test_file_source_reports_each_document_once(tmp_path: Path) -> None:
         source.poll(0)
     assert source.poll(0) is None  # the same missing file is not reported again
     write(path, make_state(1, make_session(1)).to_json())
-    document = source.poll(0)
-    assert document is not None and document.revision == 1
+    delivery = source.poll(0)
+    assert delivery is not None and delivery.document.revision == 1
     assert source.poll(0) is None
     write(path, make_state(1, make_session(1)).to_json())  # rewritten, same bytes
     assert source.poll(0) is None
@@ -44,7 +44,7 @@ def test_file_source_reports_each_document_once(tmp_path: Path) -> None:
 
 
 def _runner(rig: Rig, path: Path, status: Path) -> Runner:
-    source = DesiredStateFile(path, sleep=lambda _: None)
+    source = DesiredStateFile(path, sleep=lambda _: None, clock=rig.clock)
     return Runner(rig.agent, source, threading.Event(), status, clock=rig.clock)
 
 

@@ -33,14 +33,15 @@ class Side:
     tech: str  # technician's token
     device_ip_prefix: str
     device: str
+    admin: str  # the admin's token: enrolls agents
 
 
 @dataclass(frozen=True)
 class Case:
     name: str
     method: str
-    path: str  # may use {home} {session} {device} {user} {token}
-    needs: str  # "", "requested", "approved", "device", "token"
+    path: str  # may use {home} {session} {device} {user} {token} {agent}
+    needs: str  # "", "requested", "approved", "device", "token", "agent"
     expect: dict[str, tuple[int, int]]  # role -> (own, foreign)
     body: Callable[[Side], Any] | None = None
 
@@ -116,11 +117,11 @@ CASES = [
         lambda s: {},
     ),
     Case(
-        "agent token",
+        "revoke agent",
         "POST",
-        "/v1/homes/{home}/agent-token",
-        "",
-        {"admin": same(201), "homeowner": (403, 404), "technician": same(404)},
+        "/v1/homes/{home}/agents/{agent}/revoke",
+        "agent",
+        {"admin": same(200), "homeowner": (403, 404), "technician": same(404)},
     ),
     Case(
         "add device",
@@ -238,8 +239,12 @@ CASES = [
     Case("audit checkpoint", "POST", "/v1/audit/checkpoint", "", ADMIN_ONLY),
 ]
 
-# Routes for agents refuse people's tokens, and people's routes refuse agent tokens.
-AGENT_ROUTES = [("GET", "/v1/agent/state?wait=0"), ("POST", "/v1/agent/report")]
+# Routes for agents refuse people's tokens, and people's routes refuse agent certificates.
+AGENT_ROUTES = [
+    ("GET", "/v1/agent/state?wait=0"),
+    ("POST", "/v1/agent/report"),
+    ("POST", "/v1/agent/renew"),
+]
 
 
 async def setup(h: Harness) -> tuple[World, Side, Side]:
@@ -250,8 +255,12 @@ async def setup(h: Harness) -> tuple[World, Side, Side]:
     await h.ok(
         "PUT", f"/v1/homes/{w.home_b}/policy", w.owner_b, json={"technicians": ["tom@example.com"]}
     )
-    a = Side(w.home_a, "ann-house", w.owner_a, w.ids["owner_a"], w.tech_a, "192.168.1.", "tv")
-    b = Side(w.home_b, "bert-flat", w.owner_b, w.ids["owner_b"], w.tech_b, "10.20.0.", "camera")
+    a = Side(
+        w.home_a, "ann-house", w.owner_a, w.ids["owner_a"], w.tech_a, "192.168.1.", "tv", w.admin
+    )
+    b = Side(
+        w.home_b, "bert-flat", w.owner_b, w.ids["owner_b"], w.tech_b, "10.20.0.", "camera", w.admin
+    )
     return w, a, b
 
 
@@ -267,6 +276,8 @@ async def make(h: Harness, need: str, side: Side, caller_user: str, caller: str)
         values["device"] = (
             await h.ok("POST", f"/v1/homes/{side.home}/devices", side.owner, json=device_body(side))
         )["id"]
+    if need == "agent":
+        values["agent"] = (await h.enroll(side.admin, side.home, "203.0.113.99:51820")).agent_id
     if need == "token":
         values["token"] = (await h.ok("POST", f"/v1/users/{caller_user}/tokens", caller, json={}))[
             "id"
@@ -319,6 +330,7 @@ async def test_anonymous_and_wrong_credentials(harness: Harness) -> None:
     values = await make(h, "approved", a, w.ids["tech_a"], w.tech_a)
     values["device"] = "tv"
     values["token"] = "tok_x"
+    values["agent"] = w.agent_a.agent_id
     for case in CASES:
         path = case.path.format(**values)
         body = case.body(a) if case.body else None

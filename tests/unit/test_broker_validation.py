@@ -10,7 +10,7 @@ from sqlalchemy import func, select
 
 from broker.db.models import AccessSession, AuditEvent, Device, Home
 
-from .broker_harness import Harness, anyio_backend, harness, keypair
+from .broker_harness import Harness, anyio_backend, csr, harness, keypair
 
 __all__ = ["anyio_backend", "harness"]
 pytestmark = pytest.mark.anyio
@@ -263,6 +263,7 @@ async def test_enrollment_token_cannot_be_replayed(harness: Harness) -> None:
     _, public = keypair()
     body = {
         "token": minted["token"],
+        "csr_pem": csr(),
         "wg_public_key": public,
         "interface": "ztb0",
         "listen_port": 51820,

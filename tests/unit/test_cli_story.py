@@ -1,7 +1,8 @@
 """The client commands end to end: the real ``ztb`` against the real broker over real HTTPS.
 
-The broker runs in a uvicorn thread on a free 127.0.0.1 port with its own CA, so every run
-also checks ``--ca-cert`` trust. The agent side is one enrollment call (no router needed).
+The broker runs in a uvicorn thread on a free 127.0.0.1 port with the CA and certificate
+``bootstrap`` made, so every run also checks ``--ca-cert`` trust. The agent side is one
+enrollment call and reports over mTLS (no router needed).
 """
 
 from __future__ import annotations
@@ -25,13 +26,14 @@ import httpx
 import pyotp
 import pytest
 import uvicorn
+from cryptography.hazmat.primitives import serialization
 
+from agent.broker_client import pinned_ssl_context
 from agent.enroll import new_tls_key_and_csr
 from broker.app import create_app
 from broker.bootstrap import bootstrap
 from broker.cli.sessions import key_pair
 from broker.config import Settings
-from broker.pki import ensure_server_certificate, fingerprint, load_or_create_ca
 from broker.tls_server import https_config
 from ztb.cli import main
 
@@ -50,11 +52,7 @@ class LiveBroker:
 def live_broker(tmp_path: Path) -> Iterator[LiveBroker]:
     """A bootstrapped broker serving HTTPS in a background thread, stopped afterwards."""
     data_dir = tmp_path / "broker"
-    data_dir.mkdir(mode=0o700)
-    now = datetime.now(UTC)
-    ca = load_or_create_ca(data_dir, now)
-    ensure_server_certificate(data_dir, ca, ["127.0.0.1"], now)
-    settings = Settings(data_dir=data_dir, ca_fingerprint=fingerprint(ca.certificate))
+    settings = Settings(data_dir=data_dir, tls_names=("127.0.0.1",))
     admin = bootstrap(settings, "admin@example.com")["token"]
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
@@ -127,13 +125,12 @@ class People:
 
 
 class FakeRouter:
-    """The agent's side of the API: enroll once, then report counters like a router would."""
+    """The agent's side of the API: enroll once, then report counters over mTLS."""
 
-    def __init__(self, broker: LiveBroker, enroll_token: str) -> None:
+    def __init__(self, broker: LiveBroker, enroll_token: str, tmp_path: Path) -> None:
         self.url = broker.url
-        self.http = httpx.Client(verify=ssl.create_default_context(cafile=broker.ca_cert))
         _, self.public_key = key_pair()
-        _, csr_pem = new_tls_key_and_csr("ztb-agent")
+        key, csr_pem = new_tls_key_and_csr("ztb-agent")
         body = {
             "token": enroll_token,
             "csr_pem": csr_pem,
@@ -142,20 +139,30 @@ class FakeRouter:
             "listen_port": 51820,
             "endpoint": "203.0.113.10:51820",
         }
-        response = self.http.post(f"{self.url}/v1/agent/enroll", json=body)
+        trust = ssl.create_default_context(cafile=broker.ca_cert)
+        with httpx.Client(verify=trust) as anonymous:
+            response = anonymous.post(f"{self.url}/v1/agent/enroll", json=body)
         assert response.status_code == 201, response.text
-        self.token = str(response.json()["agent_token"])
+        self.agent_id = str(response.json()["agent_id"])
+        client_pem = tmp_path / "client.pem"
+        key_pem = key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ).decode()
+        client_pem.write_text(response.json()["certificate_pem"] + key_pem)
+        client_pem.chmod(0o600)
+        self.http = httpx.Client(verify=pinned_ssl_context(broker.ca_cert.read_text(), client_pem))
 
-    def report(self, revision: int, peers: list[object], elements: list[object]) -> None:
+    def report(self, revision: int, peers: list[object], elements: list[object]) -> int:
         body = {"revision": revision, "peers": peers, "elements": elements}
-        headers = {"Authorization": f"Bearer {self.token}"}
-        response = self.http.post(f"{self.url}/v1/agent/report", json=body, headers=headers)
-        assert response.status_code == 204, response.text
+        return self.http.post(f"{self.url}/v1/agent/report", json=body).status_code
 
 
 @pytest.fixture
 def people(
     live_broker: LiveBroker,
+    tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
     ztb_home: Path,
@@ -183,7 +190,7 @@ def people(
         "device", "add", "ann-house", "tv", "--ip", "192.168.1.30", "--mac", "aa:bb:cc:00:11:22"
     )
     enroll_token = admin.ok("home", "enroll-token", "ann-house", "--ttl", "5m").strip()
-    router = FakeRouter(live_broker, enroll_token)
+    router = FakeRouter(live_broker, enroll_token, tmp_path)
     try:
         yield People(admin, owner, tech, str(home["id"]), router)
     finally:
@@ -219,14 +226,14 @@ def test_full_story(people: People, ztb_home: Path, tmp_path: Path) -> None:
     listed = owner.ok("session", "list", "--home", "ann-house", "--state", "approved")
     assert session_id in listed
     handshake = datetime(2026, 1, 2, 3, 4, tzinfo=UTC)
-    people.router.report(
+    assert people.router.report(
         int(admin.json("home", "show", "ann-house")["revision"]),  # type: ignore[call-overload]
         [{"public_key": session["public_key"], "last_handshake": handshake.timestamp()}],
         [
             {"session_id": session_id, "device_ip": "192.168.1.20", "proto": "tcp",
              "ports": "443", "packets": 12, "bytes": 1536},
         ],
-    )  # fmt: skip
+    ) == 204  # fmt: skip
     assert tech.json("session", "show", session_id)["state"] == "active"
 
     # The config: local private key filled in, split tunnel to exactly the two devices.
@@ -260,6 +267,14 @@ def test_full_story(people: People, ztb_home: Path, tmp_path: Path) -> None:
         assert action in report
     report_json = owner.json("session", "report", session_id)
     assert report_json["session"]["id"] == session_id  # type: ignore[index]
+
+    # The admin cuts the router off: its certificate is refused from the next request on.
+    agent_id = people.router.agent_id
+    assert agent_id in admin.ok("home", "show", "ann-house")
+    assert f"revoked agent {agent_id}" in admin.ok("home", "revoke-agent", "ann-house", agent_id)
+    assert people.router.report(0, [], []) == 401
+    assert "revoked" in admin.ok("home", "show", "ann-house")
+    assert "(HTTP 409)" in admin.fails("home", "revoke-agent", "ann-house", agent_id)
 
     assert admin.ok("audit", "verify").startswith("audit chain ok: ")
     exported = [json.loads(line) for line in admin.ok("audit", "export").splitlines()]

@@ -23,9 +23,15 @@ import httpx
 import pyotp
 import pytest
 import uvicorn
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
+from broker.agent_service import record_report
 from broker.app import create_app
-from broker.bootstrap import first_admin
+from broker.auth import AgentPrincipal
+from broker.bootstrap import bootstrap
 from broker.config import Settings
 from broker.web import install_web
 from broker.web.security import CookiePolicy
@@ -178,7 +184,7 @@ class Home:
     id: str
     name: str
     owner: Person
-    agent_token: str | None = None
+    agent: AgentPrincipal | None = None
 
 
 def _serve(app: Any) -> tuple[uvicorn.Server, threading.Thread, str]:
@@ -202,15 +208,13 @@ def _serve(app: Any) -> tuple[uvicorn.Server, threading.Thread, str]:
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     clock = MovableClock()
     settings = Settings(
-        data_dir=tmp_path_factory.mktemp("broker") / "data",
-        ca_fingerprint="ab" * 32,
-        maintenance_interval_s=1.0,
+        data_dir=tmp_path_factory.mktemp("broker") / "data", maintenance_interval_s=1.0
     )
+    admin = bootstrap(settings, "admin@example.com", clock)  # CA, HTTPS certificate, first admin
     app = create_app(settings, clock=clock)
     if not any(getattr(route, "name", None) == "web" for route in app.routes):
         install_web(app)  # until the app factory mounts the pages itself
     app.state.web_cookies = CookiePolicy(secure=False)  # the tests speak plain HTTP
-    admin = first_admin(app.state.broker, "admin@example.com")
     server, thread, base_url = _serve(app)
     client = httpx.Client(
         base_url=base_url, headers={"Authorization": f"Bearer {admin['token']}"}, timeout=10
@@ -224,7 +228,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
 
 
 def make_home(world: World, name: str, owner: Person, lan: str, devices: dict[str, str]) -> Home:
-    """A home with devices and an enrolled agent (so configs can be made)."""
+    """A home with devices and an agent enrolled the real way (token + CSR), so configs can
+    be made."""
     made = world.call(
         world.admin_token,
         "POST",
@@ -249,19 +254,34 @@ def make_home(world: World, name: str, owner: Person, lan: str, devices: dict[st
             "interface": f"ztb{name[-4:]}",
             "listen_port": 51820,
             "endpoint": "203.0.113.10:51820",
+            "csr_pem": _csr(),
         },
     )
-    home.agent_token = agent["agent_token"]
+    certificate = x509.load_pem_x509_certificate(agent["certificate_pem"].encode())
+    home.agent = AgentPrincipal(agent["agent_id"], home.id, format(certificate.serial_number, "x"))
     return home
 
 
+def _csr() -> str:
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test agent")])
+    request = (
+        x509.CertificateSigningRequestBuilder().subject_name(subject).sign(key, hashes.SHA256())
+    )
+    return request.public_bytes(serialization.Encoding.PEM).decode()
+
+
 def agent_reports(world: World, home: Home, session: dict[str, Any], sent_bytes: int) -> None:
-    """What the router's agent would say: applied the revision, one handshake, counters."""
-    assert home.agent_token is not None
-    state = world.call(home.agent_token, "GET", "/v1/agent/state", params={"after": -1, "wait": 0})
+    """What the router's agent would say: applied the revision, one handshake, counters.
+
+    The agent endpoints need a TLS client certificate and these tests speak plain HTTP, so
+    the report goes straight to the service function the report endpoint calls."""
+    agent = home.agent
+    assert agent is not None
+    revision = world.call(world.admin_token, "GET", f"/v1/homes/{home.id}")["revision"]
     grant = session["grants"][0]
     report = {
-        "revision": state["revision"],
+        "revision": revision,
         "peers": [
             {"public_key": session["public_key"], "last_handshake": world.clock().timestamp()}
         ],
@@ -276,7 +296,7 @@ def agent_reports(world: World, home: Home, session: dict[str, Any], sent_bytes:
             }
         ],
     }
-    world.call(home.agent_token, "POST", "/v1/agent/report", json=report)
+    world.app.state.broker.run(lambda uow: record_report(uow, agent, {"neighbours": [], **report}))
 
 
 @pytest.fixture

@@ -22,7 +22,9 @@ def test_admin_sees_agents_people_and_tokens(
     expect(page).to_have_url(re.compile(r"/web/admin$"))
     row = page.get_by_role("row").filter(has_text=home.name)
     expect(row).to_contain_text(owner.email)
-    expect(row).to_contain_text("no certificate (token)")
+    agent = world.call(world.admin_token, "GET", f"/v1/homes/{home.id}")["agents"][0]
+    expires = row.locator(f"time[datetime='{agent['cert_not_after']}']")
+    expect(expires).to_contain_text(re.compile(r"CET|CEST|GMT\+[12]"))  # local time, zone shown
     expect(row).to_contain_text("never")
 
     newcomer = world.fresh("gina") + "@fixit.example"
