@@ -208,18 +208,26 @@ class Lab:
         return services.read_arrivals(self.service_log(host), since)
 
     # ----------------------------------------------------------------- agent
-    def start_agent(self) -> Process:
+    def start_agent(self, state_dir: Path | None = None) -> Process:
+        """File mode (``desired.json``) by default; with ``state_dir`` (made by ``ztb agent
+        enroll``) the agent follows the broker instead."""
         if self.agent_running():
             raise AgentError("the agent is already running")
-        argv = ztb_argv(
-            "agent", "run",
-            "--desired-state", str(self.desired_file),
-            "--interface", self.topo.router_wg,
-            "--listen-port", str(WG_PORT),
-            "--private-key-file", str(self.agent_key_file),
-            "--status-file", str(self.status_file),
-            "--poll-interval", "0.2",
-        )  # fmt: skip
+        if state_dir is not None:
+            argv = ztb_argv(
+                "agent", "run", "--state-dir", str(state_dir),
+                "--status-file", str(self.status_file), "--report-interval", "2",
+            )  # fmt: skip
+        else:
+            argv = ztb_argv(
+                "agent", "run",
+                "--desired-state", str(self.desired_file),
+                "--interface", self.topo.router_wg,
+                "--listen-port", str(WG_PORT),
+                "--private-key-file", str(self.agent_key_file),
+                "--status-file", str(self.status_file),
+                "--poll-interval", "0.2",
+            )  # fmt: skip
         self._agent_popen = self.spawn(self.topo.router, argv, "agent", self.agent_log)
         self.agent = self.state.processes[-1]
         return self.agent
