@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 ZTB := $(VENV)/bin/ztb
 APT_PACKAGES := wireguard-tools wireguard-go nftables iproute2 libnftables1 iputils-ping procps \
-	chromium fonts-dejavu-core
+	chromium fonts-dejavu-core postgresql
 STAMP := $(VENV)/.installed
 
 .PHONY: setup test lint unit lab-test demo bench bench-quick screenshots clean lab-down

@@ -1,46 +1,205 @@
-"""``ztb agent ...``: enroll, run the data plane (broker or file mode), tear it down."""
+"""``ztb agent ...``: enroll, run the data plane (broker or file mode), tear it down.
+
+Plain ``argparse`` rather than typer: the daemon lives on routers, and typer with click
+costs ~5 MB of RSS for parsing a dozen options once. ``ztb.cli`` calls :func:`main` and
+turns any exception into one line on stderr; :class:`UsageError` exits with 2.
+"""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import signal
 import sys
 import threading
 from collections.abc import Callable
-from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
-
-import typer
+from typing import NoReturn, TypeVar, get_args
 
 from .desired_file import DesiredStateSource
 from .events import log_event
+from .nft_backend import NftChoice
 from .reconcile import Agent, InterfaceSpec
 from .state_dir import StateDir
-from .wg_backend import WireGuardError, key_to_hex
+from .wg_backend import WireGuardChoice, WireGuardError, key_to_hex
 
-app = typer.Typer(
-    help="Run the home agent on the router.", no_args_is_help=True, add_completion=False
-)
-
-
-class WireGuardMode(StrEnum):
-    auto = "auto"
-    kernel = "kernel"
-    userspace = "userspace"
+PROG = "ztb agent"
+Number = TypeVar("Number", int, float)
 
 
-class NftMode(StrEnum):
-    auto = "auto"
-    lib = "lib"
-    binary = "binary"
+class UsageError(Exception):
+    """A bad command line; the dispatcher prints the message and exits with ``exit_code``."""
+
+    exit_code = 2
 
 
-WireGuardOption = Annotated[
-    WireGuardMode, typer.Option("--wireguard", help="WireGuard backend (auto: kernel if usable)")
-]
-NftOption = Annotated[NftMode, typer.Option("--nft", help="nftables backend (auto: lib if loads)")]
+class _Parser(argparse.ArgumentParser):
+    """Raise instead of printing usage and exiting, so errors stay one line."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message)
+
+
+def _bounded(
+    kind: type[Number], low: Number, high: Number | None = None
+) -> Callable[[str], Number]:
+    """An argparse type that parses with ``kind`` and refuses values outside low..high."""
+
+    def parse(text: str) -> Number:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a valid {kind.__name__}") from None
+        if value < low or (high is not None and value > high):
+            bounds = f"{low:g}<=x<={high:g}" if high is not None else f"x>={low:g}"
+            raise argparse.ArgumentTypeError(f"{value} is not in the range {bounds}")
+        return value
+
+    return parse
+
+
+_PORT = _bounded(int, 1, 65535)
+
+
+def _add_backend_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--wireguard",
+        choices=get_args(WireGuardChoice),
+        default="auto",
+        help="WireGuard backend (auto: kernel if usable; default: auto)",
+    )
+    parser.add_argument(
+        "--nft",
+        choices=get_args(NftChoice),
+        default="auto",
+        help="nftables backend (auto: lib if it loads; default: auto)",
+    )
+
+
+def _build_parser() -> _Parser:
+    parser = _Parser(prog=PROG, description="Run the home agent on the router.", allow_abbrev=False)
+    commands = parser.add_subparsers(
+        title="commands", dest="command", metavar="COMMAND", required=True
+    )
+
+    run = commands.add_parser(
+        "run",
+        allow_abbrev=False,
+        help="enforce a desired state until SIGTERM/SIGINT",
+        description="Enforce a desired state until SIGTERM/SIGINT; the kernel keeps "
+        "enforcing after.",
+    )
+    run.add_argument(
+        "--desired-state",
+        type=Path,
+        metavar="FILE",
+        help="desired-state JSON file to enforce (file mode)",
+    )
+    run.add_argument(
+        "--state-dir",
+        type=Path,
+        metavar="DIR",
+        help="enrolled state dir: follow the broker (broker mode)",
+    )
+    run.add_argument("--interface", metavar="IFNAME", help="WireGuard interface name (file mode)")
+    run.add_argument(
+        "--listen-port", type=_PORT, metavar="PORT", help="WireGuard UDP port (file mode)"
+    )
+    run.add_argument(
+        "--private-key-file",
+        type=Path,
+        metavar="KEYFILE",
+        help="the interface's private key (file mode)",
+    )
+    _add_backend_options(run)
+    run.add_argument(
+        "--status-file", type=Path, metavar="FILE", help="JSON status written after each apply"
+    )
+    run.add_argument(
+        "--poll-interval",
+        metavar="SECONDS",
+        type=_bounded(float, 0.01, 60.0),
+        default=0.2,
+        help="seconds between polls (default: 0.2)",
+    )
+    run.add_argument(
+        "--resync-interval",
+        metavar="SECONDS",
+        type=_bounded(float, 1.0),
+        default=30.0,
+        help="seconds between full re-checks (default: 30)",
+    )
+    run.add_argument(
+        "--report-interval",
+        metavar="SECONDS",
+        type=_bounded(float, 1.0),
+        default=30.0,
+        help="seconds between counter reports (default: 30)",
+    )
+    run.set_defaults(handler=_run)
+
+    enroll = commands.add_parser(
+        "enroll",
+        allow_abbrev=False,
+        help="enroll this router with the broker",
+        description="Enroll this router with the broker: pin its CA, get a client certificate.",
+    )
+    enroll.add_argument(
+        "--broker", required=True, metavar="URL", help="broker URL, https://HOST[:PORT]"
+    )
+    enroll.add_argument(
+        "--token",
+        required=True,
+        metavar="TOKEN",
+        help="one-time token from 'ztb home enroll-token'",
+    )
+    enroll.add_argument(
+        "--state-dir", type=Path, required=True, metavar="DIR", help="where to keep the identity"
+    )
+    enroll.add_argument(
+        "--interface", required=True, metavar="IFNAME", help="WireGuard interface name"
+    )
+    enroll.add_argument(
+        "--listen-port", type=_PORT, required=True, metavar="PORT", help="WireGuard UDP port"
+    )
+    enroll.add_argument(
+        "--endpoint",
+        required=True,
+        metavar="HOST:PORT",
+        help="HOST:PORT technicians reach this router at",
+    )
+    enroll.add_argument("--json", action="store_true", help="print one JSON object")
+    enroll.set_defaults(handler=_enroll)
+
+    teardown = commands.add_parser(
+        "teardown",
+        allow_abbrev=False,
+        help="delete the WireGuard interface and table inet ztb",
+        description="Delete the WireGuard interface, then table inet ztb; nothing else is touched.",
+    )
+    teardown.add_argument(
+        "--interface", required=True, metavar="IFNAME", help="WireGuard interface"
+    )
+    _add_backend_options(teardown)
+    teardown.add_argument("--json", action="store_true", help="print one JSON object")
+    teardown.set_defaults(handler=_teardown)
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    """Parse ``argv`` (after ``agent``) and run the command; errors propagate as exceptions."""
+    parser = _build_parser()
+    if not argv:
+        parser.print_help()
+        return 2
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help printed; parse errors raise UsageError instead
+        return exc.code if isinstance(exc.code, int) else 0
+    handler: Callable[[argparse.Namespace], None] = args.handler
+    handler(args)
+    return 0
 
 
 def read_private_key(path: Path) -> str:
@@ -49,77 +208,35 @@ def read_private_key(path: Path) -> str:
         text = path.read_text().strip()
         key_to_hex(text)
     except (OSError, WireGuardError) as exc:
-        raise typer.BadParameter(f"{path}: not a readable WireGuard private key ({exc})") from None
+        raise UsageError(f"{path}: not a readable WireGuard private key ({exc})") from None
     if path.stat().st_mode & 0o077:
         log_event("warning", message="private key file is readable by others", path=path)
     return text
 
 
-def _required(value: object, option: str) -> None:
-    if value is None:
-        raise typer.BadParameter(f"{option} is required")
+def _file_interface(args: argparse.Namespace) -> InterfaceSpec:
+    for option in ("interface", "listen_port", "private_key_file"):
+        if getattr(args, option) is None:
+            raise UsageError(f"--{option.replace('_', '-')} is required")
+    return InterfaceSpec(args.interface, read_private_key(args.private_key_file), args.listen_port)
 
 
-def _file_interface(
-    interface: str | None, listen_port: int | None, private_key_file: Path | None
-) -> InterfaceSpec:
-    _required(interface, "--interface")
-    _required(listen_port, "--listen-port")
-    _required(private_key_file, "--private-key-file")
-    assert interface and listen_port and private_key_file
-    return InterfaceSpec(interface, read_private_key(private_key_file), listen_port)
-
-
-def _state_dir_interface(state: StateDir, *given: object) -> InterfaceSpec:
+def _state_dir_interface(state: StateDir, args: argparse.Namespace) -> InterfaceSpec:
     """Interface, port and key as enrolled; flags that would contradict them are refused."""
-    if any(value is not None for value in given):
-        raise typer.BadParameter(
+    if any(getattr(args, o) is not None for o in ("interface", "listen_port", "private_key_file")):
+        raise UsageError(
             "--interface, --listen-port and --private-key-file come from --state-dir; drop them"
         )
     config = state.read_config()
     return InterfaceSpec(config.interface, state.read_wg_private_key(), config.listen_port)
 
 
-@app.command()
-def run(
-    desired_state: Annotated[
-        Path | None,
-        typer.Option("--desired-state", help="desired-state JSON file to enforce (file mode)"),
-    ] = None,
-    state_dir: Annotated[
-        Path | None,
-        typer.Option("--state-dir", help="enrolled state dir: follow the broker (broker mode)"),
-    ] = None,
-    interface: Annotated[
-        str | None, typer.Option("--interface", help="WireGuard interface name (file mode)")
-    ] = None,
-    listen_port: Annotated[
-        int | None,
-        typer.Option("--listen-port", min=1, max=65535, help="WireGuard UDP port (file mode)"),
-    ] = None,
-    private_key_file: Annotated[
-        Path | None,
-        typer.Option("--private-key-file", help="the interface's private key (file mode)"),
-    ] = None,
-    wireguard: WireGuardOption = WireGuardMode.auto,
-    nft: NftOption = NftMode.auto,
-    status_file: Annotated[
-        Path | None, typer.Option("--status-file", help="JSON status written after each apply")
-    ] = None,
-    poll_interval: Annotated[
-        float, typer.Option("--poll-interval", min=0.01, max=60, help="seconds between polls")
-    ] = 0.2,
-    resync_interval: Annotated[
-        float, typer.Option("--resync-interval", min=1, help="seconds between full re-checks")
-    ] = 30.0,
-    report_interval: Annotated[
-        float,
-        typer.Option("--report-interval", min=1, help="seconds between counter reports"),
-    ] = 30.0,
-) -> None:
+def _run(args: argparse.Namespace) -> None:
     """Enforce a desired state until SIGTERM/SIGINT; the kernel keeps enforcing after."""
+    desired_state: Path | None = args.desired_state
+    state_dir: Path | None = args.state_dir
     if (desired_state is None) == (state_dir is None):
-        raise typer.BadParameter("give exactly one of --desired-state FILE or --state-dir DIR")
+        raise UsageError("give exactly one of --desired-state FILE or --state-dir DIR")
     from .nft_backend import make_nft
     from .runner import Reporter, Runner
     from .wg_select import make_wireguard
@@ -131,7 +248,7 @@ def run(
     if desired_state is not None:
         from .desired_file import DesiredStateFile
 
-        spec = _file_interface(interface, listen_port, private_key_file)
+        spec = _file_interface(args)
         source = DesiredStateFile(desired_state, sleep=stop.wait)
     else:
         assert state_dir is not None
@@ -141,12 +258,12 @@ def run(
         from .broker_source import BrokerSource
 
         state = StateDir(state_dir)
-        spec = _state_dir_interface(state, interface, listen_port, private_key_file)
+        spec = _state_dir_interface(state, args)
         broker = BrokerSource(state, stop)
         source, reporter, start_source = broker, broker.report, broker.start
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
-    agent = Agent(make_wireguard(spec.name, wireguard.value), make_nft(nft.value), spec)
+    agent = Agent(make_wireguard(spec.name, args.wireguard), make_nft(args.nft), spec)
     log_event(
         "start",
         pid=os.getpid(),
@@ -161,35 +278,23 @@ def run(
         agent,
         source,
         stop,
-        status_file,
-        poll_interval,
-        resync_interval,
+        args.status_file,
+        args.poll_interval,
+        args.resync_interval,
         reporter=reporter,
-        report_interval=report_interval,
+        report_interval=args.report_interval,
     )
     runner.run()
 
 
-@app.command()
-def enroll(
-    broker: Annotated[str, typer.Option("--broker", help="broker URL, https://HOST[:PORT]")],
-    token: Annotated[
-        str, typer.Option("--token", help="one-time token from 'ztb home enroll-token'")
-    ],
-    state_dir: Annotated[Path, typer.Option("--state-dir", help="where to keep the identity")],
-    interface: Annotated[str, typer.Option("--interface", help="WireGuard interface name")],
-    listen_port: Annotated[
-        int, typer.Option("--listen-port", min=1, max=65535, help="WireGuard UDP port")
-    ],
-    endpoint: Annotated[
-        str, typer.Option("--endpoint", help="HOST:PORT technicians reach this router at")
-    ],
-    json_output: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
-) -> None:
+def _enroll(args: argparse.Namespace) -> None:
     """Enroll this router with the broker: pin its CA, get a client certificate."""
     from .enroll import enroll as enroll_agent  # cryptography: loaded for this command only
 
-    config = enroll_agent(broker, token, state_dir, interface, listen_port, endpoint)
+    state_dir: Path = args.state_dir
+    config = enroll_agent(
+        args.broker, args.token, state_dir, args.interface, args.listen_port, args.endpoint
+    )
     validity = StateDir(state_dir).read_validity()
     result = {
         "agent_id": config.agent_id,
@@ -200,36 +305,31 @@ def enroll(
         "state_dir": str(state_dir),
         "certificate_expires_at": validity.not_after.isoformat(),
     }
-    if json_output:
-        typer.echo(json.dumps(result))
+    if args.json:
+        print(json.dumps(result))
     else:
-        typer.echo(
+        print(
             f"enrolled agent {config.agent_id} of home {config.home_id}; "
             f"certificate valid until {result['certificate_expires_at']}; "
             f"run: ztb agent run --state-dir {state_dir}"
         )
 
 
-@app.command()
-def teardown(
-    interface: Annotated[str, typer.Option("--interface", help="WireGuard interface")],
-    wireguard: WireGuardOption = WireGuardMode.auto,
-    nft: NftOption = NftMode.auto,
-    json_output: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
-) -> None:
+def _teardown(args: argparse.Namespace) -> None:
     """Delete the WireGuard interface, then ``table inet ztb``; nothing else is touched."""
     from .nft_backend import delete_table, make_nft
     from .wg_select import make_wireguard
 
+    interface: str = args.interface
     # The interface goes first: with it gone no tunnel packet can slip past a missing table.
-    interface_removed = make_wireguard(interface, wireguard.value, probe=False).delete_interface()
-    table_removed = delete_table(make_nft(nft.value))
+    interface_removed = make_wireguard(interface, args.wireguard, probe=False).delete_interface()
+    table_removed = delete_table(make_nft(args.nft))
     result = {"interface": interface, "interface_removed": interface_removed}
     result["table_removed"] = table_removed
-    if json_output:
-        typer.echo(json.dumps(result))
+    if args.json:
+        print(json.dumps(result))
     else:
-        typer.echo(
+        print(
             f"interface {interface}: {'removed' if interface_removed else 'not present'}; "
             f"table inet ztb: {'removed' if table_removed else 'not present'}"
         )

@@ -254,6 +254,15 @@ def revoke_agent(uow: UnitOfWork, home: Home, agent_ref: str, actor: str) -> Age
     if agent.revoked_at is not None:
         raise ApiError(409, f"agent {agent.id} is already revoked")
     agent.revoked_at = uow.now
+    if home.agent_public_key == agent.wg_public_key:
+        # Technicians' configs must name a router that still runs: the newest other agent.
+        successor = uow.db.scalars(
+            select(Agent)
+            .where(Agent.home_id == home.id, Agent.revoked_at.is_(None), Agent.id != agent.id)
+            .order_by(Agent.created_at.desc())
+        ).first()
+        home.agent_public_key = successor.wg_public_key if successor else None
+        home.endpoint = successor.endpoint if successor else home.endpoint
     uow.audit(actor, "agent.revoked", home.id, {"agent_id": agent.id, "serial": agent.cert_serial})
     uow.wake_agents(home.id)  # a long-poll in progress re-checks and answers 401
     return agent

@@ -6,10 +6,10 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 
 import httpx
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -26,6 +26,7 @@ from .errors import ApiError
 from .expiry import run_maintenance
 from .metrics import Metrics
 from .notifier import InProcessNotifier
+from .pg_notifier import PostgresNotifier
 from .routes import agent, homes, identity, ops, sessions
 from .routes import audit as audit_routes
 from .webhooks import WebhookSender
@@ -107,27 +108,43 @@ def _install_error_handlers(app: FastAPI, broker: Broker) -> None:
         return JSONResponse({"detail": "internal error; see the broker log"}, 500)
 
 
-def _install_access_log(app: FastAPI, metrics: Metrics) -> None:
-    @app.middleware("http")
-    async def access_log(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
+class AccessLog:
+    """Metrics and one JSON log line per request. A plain ASGI middleware: Starlette's
+    ``BaseHTTPMiddleware`` (``@app.middleware``) costs a task and a stream per request."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
         started = time.perf_counter()
-        response = await call_next(request)
-        elapsed = time.perf_counter() - started
-        route = getattr(request.scope.get("route"), "path", "unmatched")
-        metrics.requests.labels(request.method, route, str(response.status_code)).inc()
-        metrics.latency.labels(route).observe(elapsed)
-        log.info(
-            "request",
-            extra={
-                "method": request.method,
-                "route": route,
-                "status": response.status_code,
-                "ms": round(elapsed * 1000, 2),
-            },
-        )
-        return response
+        status = 500
+
+        async def note_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, note_status)
+        finally:
+            elapsed = time.perf_counter() - started
+            route = getattr(scope.get("route"), "path", "unmatched")
+            method = scope["method"]
+            self.metrics.requests.labels(method, route, str(status)).inc()
+            self.metrics.latency.labels(route).observe(elapsed)
+            log.info(
+                "request",
+                extra={
+                    "method": method,
+                    "route": route,
+                    "status": status,
+                    "ms": round(elapsed * 1000, 2),
+                },
+            )
 
 
 async def _maintenance_loop(broker: Broker) -> None:
@@ -164,7 +181,9 @@ def create_app(
         engine=engine,
         sessionmaker=session_factory(engine),
         clock=clock,
-        notifier=InProcessNotifier(),
+        notifier=(
+            PostgresNotifier(engine) if engine.dialect.name == "postgresql" else InProcessNotifier()
+        ),
         webhooks=WebhookSender(
             metrics,
             attempts=settings.webhook_attempts,
@@ -186,6 +205,7 @@ def create_app(
             with contextlib.suppress(asyncio.CancelledError):
                 await task
             broker.webhooks.close()
+            broker.notifier.close()
             engine.dispose()
 
     app = FastAPI(title="ztb broker", version="1", lifespan=lifespan)
@@ -193,7 +213,7 @@ def create_app(
     for module in (identity, homes, sessions, agent, audit_routes, ops):
         app.include_router(module.router)
     _install_error_handlers(app, broker)
-    _install_access_log(app, metrics)
+    app.add_middleware(AccessLog, metrics=metrics)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     from .web import install_web  # the pages build on the routes registered above
 

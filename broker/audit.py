@@ -22,7 +22,7 @@ from typing import Any
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from sqlalchemy import select
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
 from .clock import rfc3339
@@ -48,11 +48,25 @@ def event_hash(event: AuditEvent) -> str:
     return hashlib.sha256(canonical(body).encode()).hexdigest()
 
 
+# Built once (the cache key is memoized): every state change appends through these.
+_LOCK_HEAD = select(AuditHead.seq, AuditHead.hash).where(AuditHead.id == 1).with_for_update()
+_MOVE_HEAD = (
+    update(AuditHead)
+    .where(AuditHead.id == 1)
+    .values(seq=bindparam("new_seq"), hash=bindparam("new_hash"))
+)
+_ADD_EVENT = insert(AuditEvent)
+
+
 def append(
     db: Session, now: datetime, actor: str, action: str, obj: str, details: dict[str, Any]
 ) -> AuditEvent:
-    """Add one event in the caller's transaction (it commits or rolls back with the change)."""
-    head = db.execute(select(AuditHead).where(AuditHead.id == 1).with_for_update()).scalar_one()
+    """Add one event in the caller's transaction (it commits or rolls back with the change).
+
+    Plain statements rather than ORM objects: the event is written once and never changed,
+    so the unit-of-work bookkeeping would be pure overhead on every state change.
+    """
+    head = db.execute(_LOCK_HEAD).one()
     event = AuditEvent(
         seq=head.seq + 1,
         at=rfc3339(now) or "",
@@ -64,9 +78,20 @@ def append(
         hash="",
     )
     event.hash = event_hash(event)
-    head.seq, head.hash = event.seq, event.hash
-    db.add(event)
-    db.flush()
+    db.execute(
+        _ADD_EVENT,
+        {
+            "seq": event.seq,
+            "at": event.at,
+            "actor": event.actor,
+            "action": event.action,
+            "object": event.object,
+            "details": event.details,
+            "prev_hash": event.prev_hash,
+            "hash": event.hash,
+        },
+    )
+    db.execute(_MOVE_HEAD, {"new_seq": event.seq, "new_hash": event.hash})
     return event
 
 

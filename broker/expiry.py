@@ -8,11 +8,14 @@ dropped the access at ``expires_at`` (nft element timeouts); this keeps records 
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
+from typing import Any
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, bindparam, exists, or_, select, update
+from sqlalchemy.orm import Session
 
 from . import audit
+from .config import Settings
 from .context import Broker, UnitOfWork
 from .db.models import LIVE_STATES, AccessSession
 from .sessions_service import end
@@ -20,12 +23,28 @@ from .sessions_service import end
 ACTOR = "broker:expiry"
 
 
-def _due(uow: UnitOfWork) -> object:
-    stale_request = uow.now - timedelta(seconds=uow.broker.settings.request_ttl_s)
-    return or_(
-        and_(AccessSession.state.in_(LIVE_STATES), AccessSession.expires_at <= uow.now),
-        and_(AccessSession.state == "requested", AccessSession.requested_at <= stale_request),
-    )
+# Statements built once with bind parameters: SQLAlchemy memoizes a statement's cache key,
+# so the per-request pre-check skips construction and key generation.
+_DUE = or_(
+    and_(AccessSession.state.in_(LIVE_STATES), AccessSession.expires_at <= bindparam("now")),
+    and_(
+        AccessSession.state == "requested",
+        AccessSession.requested_at <= bindparam("stale_request"),
+    ),
+)
+_THIS_ONE_DUE = and_(
+    AccessSession.id == bindparam("session_id"), AccessSession.end_reason.is_(None), _DUE
+)
+_IS_OVERDUE = select(exists().where(_THIS_ONE_DUE))
+
+
+def _due_params(now: datetime, settings: Settings, **more: str) -> dict[str, Any]:
+    return {"now": now, "stale_request": now - timedelta(seconds=settings.request_ttl_s)} | more
+
+
+def is_overdue(db: Session, now: datetime, settings: Settings, session_id: str) -> bool:
+    """The session is overdue and not yet ended: a read, for a cheap pre-check."""
+    return bool(db.scalar(_IS_OVERDUE, _due_params(now, settings, session_id=session_id)))
 
 
 def expire_session_if_due(uow: UnitOfWork, session_id: str) -> bool:
@@ -35,9 +54,10 @@ def expire_session_if_due(uow: UnitOfWork, session_id: str) -> bool:
     """
     claimed = uow.db.execute(
         update(AccessSession)
-        .where(AccessSession.id == session_id, AccessSession.end_reason.is_(None), _due(uow))  # type: ignore[arg-type]
+        .where(_THIS_ONE_DUE)
         .values(end_reason="expired")
-        .execution_options(synchronize_session=False)
+        .execution_options(synchronize_session=False),
+        _due_params(uow.now, uow.broker.settings, session_id=session_id),
     )
     if claimed.rowcount != 1:  # type: ignore[attr-defined]
         return False
@@ -48,7 +68,11 @@ def expire_session_if_due(uow: UnitOfWork, session_id: str) -> bool:
 
 
 def expire_due(uow: UnitOfWork) -> int:
-    due = uow.db.scalars(select(AccessSession.id).where(_due(uow))).all()  # type: ignore[arg-type]
+    params = _due_params(uow.now, uow.broker.settings)
+    # One order everywhere: two brokers claiming the same rows then wait, never deadlock.
+    due = uow.db.scalars(
+        select(AccessSession.id).where(_DUE).order_by(AccessSession.id), params
+    ).all()
     return sum(expire_session_if_due(uow, session_id) for session_id in due)
 
 

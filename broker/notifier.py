@@ -20,6 +20,10 @@ class Notifier(Protocol):
 
     def notify(self, home_id: str) -> None: ...
 
+    def close(self) -> None:
+        """Stop background work (a listener connection); the app's shutdown calls it."""
+        ...
+
 
 class InProcessNotifier:
     """One ``asyncio.Event`` per home, replaced each time it fires."""
@@ -40,6 +44,9 @@ class InProcessNotifier:
             return  # nobody has ever waited on this loop
         with contextlib.suppress(RuntimeError):  # loop closed between the check and the call
             loop.call_soon_threadsafe(self._fire, home_id)
+
+    def close(self) -> None:
+        pass  # nothing runs in the background
 
     def _fire(self, home_id: str) -> None:
         with self._lock:

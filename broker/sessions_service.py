@@ -143,9 +143,12 @@ def request_session(
 def _allocate_tunnel_ip(db: Session, home: Home) -> str:
     """Lowest free host of the pool; the first host is the router's own tunnel address.
 
-    Two approvals racing for the same address collide on ``uq_live_tunnel_ip``; the loser's
+    Approvals in one home take turns on the home's row lock (PostgreSQL; on SQLite the
+    database lock already orders writers), so they do not all pick the same address and
+    fail together. Should two still collide on ``uq_live_tunnel_ip``, the loser's
     transaction is retried (``Broker.run``) and sees the winner's address as taken.
     """
+    db.execute(select(Home.id).where(Home.id == home.id).with_for_update())
     pool = ip_network(home.tunnel_pool)
     assert isinstance(pool, IPv4Network)
     taken = set(

@@ -69,6 +69,18 @@ def server_ssl_context(
     return context
 
 
+# asyncio gives every TLS connection a 256 KiB read buffer, filled at once: 1,000 idle
+# agent long-polls then cost 250 MB. Our bodies are under 64 KiB (a TLS record is 16 KiB),
+# so 32 KiB loses nothing; measured with 1,000 mTLS long-polls: 453 -> 232 MB broker RSS.
+TLS_READ_BUFFER = 32 * 1024
+
+
+def _small_tls_read_buffers() -> None:
+    import asyncio.sslproto
+
+    asyncio.sslproto.SSLProtocol.max_size = TLS_READ_BUFFER
+
+
 def https_config(
     app: ASGIApp,
     data_dir: Path,
@@ -80,6 +92,7 @@ def https_config(
 ) -> uvicorn.Config:
     """A uvicorn config serving ``app`` over HTTPS from ``DATA_DIR``'s server cert and CA."""
     context = server_ssl_context(data_dir, cert_file, key_file)
+    _small_tls_read_buffers()
     return uvicorn.Config(
         app,
         host=host,

@@ -141,19 +141,33 @@ class BrokerLab:
     def state_dir(self) -> Path:
         return self.lab.run_dir / "agent-state"
 
+    def agent_id(self, state_dir: Path | None = None) -> str:
+        """The id the broker gave the router's agent (from its state directory)."""
+        config = json.loads(((state_dir or self.state_dir) / "config.json").read_text())
+        return str(config["agent_id"])
+
     def enroll_agent(self, home: str, state_dir: Path | None = None) -> dict[str, Any]:
         """Admin mints a one-time token; ``ztb agent enroll`` runs on the router."""
-        assert self.admin is not None, "bootstrap first"
-        token = self.ztb_json(self.admin, "home", "enroll-token", home, "--ttl", "10m")["token"]
-        return self.enroll_with(str(token), state_dir or self.state_dir)
+        return self.enroll_with(self.enroll_token(home), state_dir or self.state_dir)
 
-    def enroll_with(self, token: str, state_dir: Path) -> dict[str, Any]:
+    def enroll_token(self, home: str) -> str:
+        assert self.admin is not None, "bootstrap first"
+        return str(self.ztb_json(self.admin, "home", "enroll-token", home, "--ttl", "10m")["token"])
+
+    def enroll_with(self, token: str, state_dir: Path, second_home: bool = False) -> dict[str, Any]:
+        """``ztb agent enroll`` on the (second home's) router with a given token."""
+        topo = self.topo
+        ns, interface, endpoint = (
+            (topo.router2, topo.router2_wg, topo.endpoint2)
+            if second_home
+            else (topo.router, topo.router_wg, topo.endpoint)
+        )
         out = netns.run_in(
-            self.topo.router,
+            ns,
             ztb_argv(
-                "agent", "enroll", "--broker", self.topo.broker_url, "--token", token,
-                "--state-dir", str(state_dir), "--interface", self.topo.router_wg,
-                "--listen-port", str(WG_PORT), "--endpoint", self.topo.endpoint, "--json",
+                "agent", "enroll", "--broker", topo.broker_url, "--token", token,
+                "--state-dir", str(state_dir), "--interface", interface,
+                "--listen-port", str(WG_PORT), "--endpoint", endpoint, "--json",
             ),
             timeout=CLI_TIMEOUT_S,
         ).stdout  # fmt: skip
@@ -166,23 +180,46 @@ class BrokerLab:
         self.lab.start_agent(state_dir or self.state_dir)
         self.lab.wait_applied(revision=1, timeout=READY_TIMEOUT_S)
 
+    def start_second_agent(self, state_dir: Path) -> None:
+        """The second home's agent (router2); waits until it applied a broker document."""
+        status = self.lab.run_dir / "status2.json"
+        argv = ztb_argv(
+            "agent", "run", "--state-dir", str(state_dir),
+            "--status-file", str(status), "--report-interval", "2",
+        )  # fmt: skip
+        log = self.lab.run_dir / "agent2.log"
+        agent = self.lab.spawn(self.topo.router2, argv, "agent home 2", log)
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while not status.exists():
+            if agent.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"second agent did not apply: {_tail(log)}")
+            time.sleep(0.05)
+
     # ----------------------------------------------------------------- technician side
-    def connect(self, person: Person, tech: Technician, session_id: str) -> Path:
-        """``ztb session config --output`` then stock ``wg-quick up`` in the technician's
-        namespace; the technician's own routes are widened afterwards (see
-        ``lab.technician``) so blocked probes really enter the tunnel."""
+    def download_config(self, person: Person, tech: Technician, session_id: str) -> Path:
+        """``ztb session config --output`` into the technician's own directory."""
         config = person.home / f"{tech.wg_interface}.conf"
         self.disconnect(tech, config)
         self.ztb(person, "session", "config", session_id, "--output", str(config))
-        match = _PUBLIC_KEY.search(config.read_text())
-        if match is None:
-            raise CliError(f"{config} names no router public key")
-        technician.connect(tech, config, match.group(1))
         return config
+
+    def tunnel_up(self, tech: Technician, config: Path) -> None:
+        """Stock ``wg-quick up`` in the technician's namespace; the technician's own routes
+        are widened afterwards (``lab.technician``) so blocked probes really enter the
+        tunnel instead of missing it."""
+        technician.connect(tech, config, router_key(config))
 
     def disconnect(self, tech: Technician, config: Path) -> None:
         if config.exists():
             technician.disconnect(tech, config)
+
+
+def router_key(config: Path) -> str:
+    """The router's WireGuard public key named in a wg-quick file."""
+    match = _PUBLIC_KEY.search(config.read_text())
+    if match is None:
+        raise CliError(f"{config} names no router public key")
+    return match.group(1)
 
 
 def tls_get(

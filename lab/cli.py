@@ -98,14 +98,25 @@ def _random_prefixes_in_use() -> set[str]:
 
 
 def _all_wg_names(prefix: str) -> list[str]:
-    return list(Topology(prefix, technician_count=9).wg_interfaces)
+    return list(Topology(prefix, technician_count=9, homes=2).wg_interfaces)
 
 
 @app.command()
-def demo(prefix: PrefixOption = None, as_json: JsonOption = False) -> None:
-    """Tell the data-plane story with real packets; non-zero exit if any check fails."""
+def demo(
+    prefix: PrefixOption = None,
+    dataplane: Annotated[
+        bool,
+        typer.Option("--dataplane", help="only the data plane (agent in file mode, no broker)"),
+    ] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Tell the whole story (broker, enrollment, approve, revoke, expiry) with real packets;
+    non-zero exit if any check fails."""
     _need_root()
-    from .demo_dataplane import run
+    if dataplane:
+        from .demo_dataplane import run
+    else:
+        from .demo_story import run
 
     summary = run(out=(lambda _: None) if as_json else print, prefix=prefix)
     if as_json:

@@ -70,10 +70,11 @@ class Lab:
         prefix: str | None = None,
         technicians: int = 2,
         run_root: Path = RUN_ROOT,
+        homes: int = 1,
         start_agent: bool = True,
         connect_technicians: bool = True,
     ) -> None:
-        self.topo = Topology(prefix or random_prefix(), technicians)
+        self.topo = Topology(prefix or random_prefix(), technicians, homes)
         self.run_dir = run_root / self.topo.prefix
         self.state = RunState(self.topo.prefix, self.run_dir)
         self.router_keys = technician.KeyPair.generate()
@@ -174,6 +175,9 @@ class Lab:
             (d.name, self.topo.device_ns(d), d.services) for d in self.topo.devices
         ]
         hosts.append(("router", self.topo.router, ROUTER_SERVICES))
+        if self.topo.homes == 2:
+            lock = topology.HOME2_DEVICE
+            hosts.append((lock.name, self.topo.device_ns(lock), lock.services))
         hosts.append(("internet", self.topo.host, topology.INTERNET_SERVICES))
         for tech in self.topo.technicians:
             hosts.append((tech.name, tech.namespace, topology.TECHNICIAN_SERVICES))

@@ -9,6 +9,7 @@
     broker (198.51.100.2:8443) ───── veth ┘ (the real ``ztb broker serve``)
     home router LAN bridge 192.168.77.1/24 + fd77::1/64
       └── thermostat .20, camera .21, nas .22 (one namespace each)
+    second home (``homes=2``): router2 WAN 203.0.113.2, LAN 192.168.88.1/24 └── lock .40
 
 The fake internet routes the home LAN and the tunnel pool back to the router's WAN
 address instead of the router masquerading: a packet that escaped the tunnel would
@@ -41,6 +42,11 @@ INET_WAN_GW = IPv4Address("203.0.113.254")
 INET_HOST_GW = IPv4Address("198.51.100.1")
 INTERNET_HOST_IP = IPv4Address("198.51.100.10")
 BROKER_IP = IPv4Address("198.51.100.2")
+# The second home: another router, LAN, tunnel pool and one device on the same port.
+ROUTER2_WAN_IP = IPv4Address("203.0.113.2")
+LAN2 = IPv4Network("192.168.88.0/24")
+ROUTER2_LAN_IP = IPv4Address("192.168.88.1")
+TUNNEL_POOL2 = IPv4Network("10.88.0.0/24")
 BROKER_PORT = 8443
 WG_PORT = 51820
 
@@ -58,10 +64,11 @@ class Device:
     name: str
     host: int
     services: tuple[Service, ...]
+    lan: IPv4Network = LAN
 
     @property
     def ip(self) -> IPv4Address:
-        return LAN.network_address + self.host
+        return self.lan.network_address + self.host
 
     @property
     def ip6(self) -> IPv6Address:
@@ -77,6 +84,7 @@ DEVICES: tuple[Device, ...] = (
     Device("camera", 21, (_svc("tcp", "554"), _svc("udp", "5000-5010"))),
     Device("nas", 22, (_svc("tcp", "8000-8010"), _svc("udp", "8000-8010"))),
 )
+HOME2_DEVICE = Device("lock", 40, (_svc("tcp", "443"),), LAN2)
 # What the router itself listens on, reached from the LAN and (it must not be) the tunnel.
 ROUTER_SERVICES: tuple[Service, ...] = (_svc("tcp", "22"), _svc("udp", "53"))
 # Internet host and technicians listen too, so "no exit" and "no LAN-initiated
@@ -116,12 +124,15 @@ class Topology:
 
     prefix: str
     technician_count: int = 2
+    homes: int = 1
 
     def __post_init__(self) -> None:
         if not PREFIX_PATTERN.match(self.prefix):
             raise ValueError(f"lab prefix must match {PREFIX_PATTERN.pattern}, not {self.prefix!r}")
         if not 1 <= self.technician_count <= 9:
             raise ValueError("a lab has 1 to 9 technicians")
+        if self.homes not in (1, 2):
+            raise ValueError("a lab has 1 or 2 homes")
 
     def ns(self, role: str) -> str:
         return f"{self.prefix}-{role}"
@@ -149,6 +160,24 @@ class Topology:
     @property
     def router_wg(self) -> str:
         return f"{self.prefix}-wg"
+
+    @property
+    def router2(self) -> str:
+        return self.ns("router2")
+
+    @property
+    def router2_wg(self) -> str:
+        return f"{self.prefix}-wg2"
+
+    @property
+    def endpoint2(self) -> str:
+        return f"{ROUTER2_WAN_IP}:{WG_PORT}"
+
+    @property
+    def second_home_namespaces(self) -> tuple[str, ...]:
+        if self.homes < 2:
+            return ()
+        return (self.router2, self.device_ns(HOME2_DEVICE))
 
     @property
     def devices(self) -> tuple[Device, ...]:
@@ -183,11 +212,13 @@ class Topology:
             self.router,
             *(self.device_ns(d) for d in DEVICES),
             *(t.namespace for t in self.technicians),
+            *self.second_home_namespaces,
         )
 
     @property
     def wg_interfaces(self) -> tuple[str, ...]:
-        return (self.router_wg, *(t.wg_interface for t in self.technicians))
+        """Every name this prefix may use (also the second home's), for cleanup."""
+        return (self.router_wg, self.router2_wg, *(t.wg_interface for t in self.technicians))
 
     @property
     def home_network(self) -> HomeNetwork:
@@ -217,6 +248,8 @@ def build(topo: Topology, created: list[str]) -> None:
         _build_device(topo, device)
     for tech in topo.technicians:
         _build_technician(topo, tech)
+    if topo.homes == 2:
+        _build_second_home(topo)
 
 
 def _build_internet(topo: Topology) -> None:
@@ -231,10 +264,12 @@ def _build_internet(topo: Topology) -> None:
 
 
 def _build_broker(topo: Topology) -> None:
-    """A /32 on its own veth: the internet host keeps its /24, the broker sits beside it."""
+    """A /32 on its own veth: the internet host keeps its /24 (the inet namespace answers
+    its ARP for the broker address by proxy), the broker sits beside it."""
     netns.add_veth(topo.inet, "broker", topo.broker, "eth0")
     netns.configure(topo.inet, "broker")
     netns.run_in(topo.inet, ["ip", "route", "add", f"{BROKER_IP}/32", "dev", "broker"])
+    netns.sysctl(topo.inet, {"net.ipv4.conf.host.proxy_arp": "1"})
     netns.configure(topo.broker, "eth0", [f"{BROKER_IP}/32"])
     netns.run_in(topo.broker, ["ip", "route", "add", f"{INET_HOST_GW}/32", "dev", "eth0"])
     netns.run_in(topo.broker, ["ip", "route", "add", "default", "via", str(INET_HOST_GW)])
@@ -275,4 +310,27 @@ def _build_technician(topo: Topology, tech: Technician) -> None:
     netns.enslave(topo.inet, port, "br-wan")
     netns.configure(
         tech.namespace, "eth0", [f"{tech.wan_ip}/24"], [("0.0.0.0/0", str(INET_WAN_GW))]
+    )
+
+
+def _build_second_home(topo: Topology) -> None:
+    """Another home on the same fake internet: router2 with one LAN device."""
+    netns.add_veth(topo.inet, "router2", topo.router2, "wan")
+    netns.enslave(topo.inet, "router2", "br-wan")
+    netns.configure(
+        topo.inet,
+        "br-wan",
+        routes=[(str(LAN2), str(ROUTER2_WAN_IP)), (str(TUNNEL_POOL2), str(ROUTER2_WAN_IP))],
+    )
+    netns.configure(
+        topo.router2, "wan", [f"{ROUTER2_WAN_IP}/24"], [("0.0.0.0/0", str(INET_WAN_GW))]
+    )
+    netns.add_bridge(topo.router2, "br-lan")
+    netns.configure(topo.router2, "br-lan", [f"{ROUTER2_LAN_IP}/24"])
+    netns.sysctl(topo.router2, {"net.ipv4.ip_forward": "1"})
+    device = HOME2_DEVICE
+    netns.add_veth(topo.router2, f"lan{device.host}", topo.device_ns(device), "eth0")
+    netns.enslave(topo.router2, f"lan{device.host}", "br-lan")
+    netns.configure(
+        topo.device_ns(device), "eth0", [f"{device.ip}/24"], [("0.0.0.0/0", str(ROUTER2_LAN_IP))]
     )

@@ -173,19 +173,22 @@ class DesiredState:
             raise PolicyError(f"unsupported desired-state version {self.version}")
         if self.revision < 0:
             raise PolicyError("revision must not be negative")
-        seen: set[tuple[str, str]] = set()
+        seen: tuple[set[object], ...] = (set(), set(), set())
+        valid_devices: set[object] = set()
         for session in self.sessions:
-            for what, value in (
-                ("session id", session.session_id),
-                ("public key", session.public_key),
-                ("tunnel address", str(session.tunnel_ip)),
+            for taken, what, value in (
+                (seen[0], "session id", session.session_id),
+                (seen[1], "public key", session.public_key),
+                (seen[2], "tunnel address", session.tunnel_ip),
             ):
-                if (what, value) in seen:
+                if value in taken:
                     raise PolicyError(f"{what} {value} appears in two sessions")
-                seen.add((what, value))
-            self._validate_session_addresses(session)
+                taken.add(value)
+            self._validate_session_addresses(session, valid_devices)
 
-    def _validate_session_addresses(self, session: LiveSession) -> None:
+    def _validate_session_addresses(self, session: LiveSession, valid_devices: set[object]) -> None:
+        """``valid_devices``: device addresses this document already passed (many sessions
+        share a device, and the check depends on nothing else)."""
         pool = self.network.tunnel_pool
         tip = session.tunnel_ip
         if tip not in pool or tip in (pool.network_address, pool.broadcast_address):
@@ -195,7 +198,9 @@ class DesiredState:
             if pool6 is None or session.tunnel_ip6 not in pool6:
                 raise PolicyError(f"tunnel address {session.tunnel_ip6} is not in the IPv6 pool")
         for grant in session.grants:
-            self.network.validate_grant(grant)
+            if grant.device_ip not in valid_devices:
+                self.network.validate_grant(grant)
+                valid_devices.add(grant.device_ip)
 
     def session(self, session_id: str) -> LiveSession | None:
         return next((s for s in self.sessions if s.session_id == session_id), None)

@@ -5,10 +5,10 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from ipaddress import IPv4Network, IPv6Network, ip_address, ip_network
+from ipaddress import IPv4Network, IPv6Network, ip_network
 
 from .errors import PolicyError
-from .grants import IPAddress
+from .grants import IPAddress, parse_ip
 
 HARD_MAX_DURATION_S = 8 * 3600
 DEFAULT_MAX_DURATION_S = 3600
@@ -57,7 +57,7 @@ def parse_network(text: str) -> IPNetwork:
 
 def parse_address(text: str) -> IPAddress:
     try:
-        return ip_address(text)
+        return parse_ip(text)
     except ValueError:
         raise PolicyError(f"not an IP address: {text!r}") from None
 

@@ -1,8 +1,10 @@
-"""Dispatch ``ztb GROUP ...`` to the group's typer app, importing only that group.
+"""Dispatch ``ztb GROUP ...`` to the group's module, importing only that group.
 
 Only the group that runs is imported, so ``ztb agent run`` on a router never loads the
-broker's FastAPI or SQLAlchemy. Every failure leaves as one line on stderr and a non-zero
-exit; ``ZTB_DEBUG=1`` shows the traceback.
+broker's FastAPI or SQLAlchemy. A group module exposes either a typer ``app`` or a plain
+``main(argv) -> int`` (the agent, whose RSS budget has no room for typer and click);
+typer is imported only for typer groups. Every failure leaves as one line on stderr and a
+non-zero exit; ``ZTB_DEBUG=1`` shows the traceback.
 """
 
 from __future__ import annotations
@@ -11,10 +13,10 @@ import importlib
 import os
 import sys
 import traceback
+from collections.abc import Callable
+from types import ModuleType
 
-import typer
-
-# group name -> (module holding ``app``, one-line help)
+# group name -> (module holding ``app`` or ``main``, one-line help)
 GROUPS: dict[str, tuple[str, str]] = {
     "agent": ("agent.cli", "run the home agent on the router"),
     "broker": ("broker.cli.server", "run or bootstrap the broker service"),
@@ -44,7 +46,8 @@ def _exit_code_for(exc: Exception, group: str) -> int:
     """Map an exception to an exit code, printing at most one line.
 
     typer vendors its own copy of click, so its exceptions are recognised by shape
-    (``exit_code`` + ``format_message``) rather than by class.
+    (``exit_code``, with ``format_message`` when there is one) rather than by class; plain
+    groups raise exceptions of the same shape for usage errors.
     """
     name = type(exc).__name__
     code = getattr(exc, "exit_code", None)
@@ -54,12 +57,23 @@ def _exit_code_for(exc: Exception, group: str) -> int:
         return _fail("aborted", 130)
     if name == "NoArgsIsHelpError":
         return 2  # the group's help was just printed
-    format_message = getattr(exc, "format_message", None)
-    if isinstance(code, int) and callable(format_message):
-        return _fail(str(format_message()), code)
+    if isinstance(code, int):
+        format_message = getattr(exc, "format_message", None)
+        return _fail(str(format_message() if callable(format_message) else exc), code)
     if isinstance(exc, ModuleNotFoundError):
         return _fail(f"'ztb {group}' needs a missing dependency ({exc.name}); install ztb[{group}]")
     return _fail(str(exc) or name)
+
+
+def _run_group(module: ModuleType, group: str, args: list[str]) -> object:
+    """Run a plain group's ``main`` or, importing typer only then, a typer group's ``app``."""
+    if not hasattr(module, "app"):
+        plain_main: Callable[[list[str]], int] = module.main
+        return plain_main(args)
+    import typer
+
+    command = typer.main.get_command(module.app)
+    return command.main(args=args, prog_name=f"ztb {group}", standalone_mode=False)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -72,9 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(f"unknown command group {group!r} (try: {', '.join(GROUPS)})", 2)
     module_name = GROUPS[group][0]
     try:
-        app: typer.Typer = importlib.import_module(module_name).app
-        command = typer.main.get_command(app)
-        result = command.main(args=args[1:], prog_name=f"ztb {group}", standalone_mode=False)
+        result = _run_group(importlib.import_module(module_name), group, args[1:])
     except KeyboardInterrupt:
         return _fail("interrupted", 130)
     except Exception as exc:  # the contract: never a traceback, one line and non-zero

@@ -40,14 +40,33 @@ def _listen(text: str) -> tuple[str, int]:
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
-def _tls_names(given: list[str] | None, listen_host: str | None) -> tuple[str, ...]:
-    """Given names win; otherwise the defaults plus a concrete listen address."""
+def _tls_names(
+    given: list[str] | None, listen_host: str | None, data_dir: Path | None = None
+) -> tuple[str, ...]:
+    """Given names win; then those of the certificate ``bootstrap`` made (so ``serve``
+    without ``--tls-name`` keeps them); else the defaults plus a concrete listen address."""
     if given:
         return tuple(dict.fromkeys(given))
+    if data_dir is not None and (existing := _certificate_names(data_dir)):
+        return existing
     names = list(DEFAULT_TLS_NAMES)
     if listen_host and not _is_wildcard(listen_host):
         names.append(listen_host)
     return tuple(dict.fromkeys(names))
+
+
+def _certificate_names(data_dir: Path) -> tuple[str, ...]:
+    from cryptography import x509
+
+    from broker.pki import SERVER_CERT_FILE
+
+    try:
+        cert = x509.load_pem_x509_certificate((data_dir / SERVER_CERT_FILE).read_bytes())
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except (OSError, ValueError, x509.ExtensionNotFound):
+        return ()
+    addresses = [str(ip) for ip in san.get_values_for_type(x509.IPAddress)]
+    return (*san.get_values_for_type(x509.DNSName), *addresses)
 
 
 def _is_wildcard(host: str) -> bool:
@@ -82,7 +101,8 @@ def serve(
     host, port = _listen(listen)
     if (cert is None) != (key is None):
         raise typer.BadParameter("give --cert and --key together", param_hint="--cert/--key")
-    settings = Settings(data_dir=data_dir, db_url=db, tls_names=_tls_names(tls_name, host))
+    names = _tls_names(tls_name, host, data_dir)
+    settings = Settings(data_dir=data_dir, db_url=db, tls_names=names)
     prepare(settings)  # CA for signing agent certificates; server cert current for the names
     configure(logging.INFO)
     serve_https(

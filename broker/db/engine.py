@@ -15,11 +15,14 @@ UPDATE``) and unique constraints instead, and its own durability settings.
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
 from alembic import command
 from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, event, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -36,6 +39,8 @@ def sqlite_url(data_dir: Path) -> str:
 
 def make_engine(url: str) -> Engine:
     parsed = make_url(url)
+    if parsed.drivername == "postgresql":
+        parsed = parsed.set(drivername="postgresql+psycopg")  # the driver the broker ships
     if parsed.get_backend_name() != "sqlite":
         return create_engine(parsed, pool_pre_ping=True)
     synchronous = str(parsed.query.get("synchronous", "normal")).lower()
@@ -88,10 +93,25 @@ def read_session_factory(engine: Engine) -> sessionmaker[Session]:
     return factory
 
 
-def migrate(engine: Engine) -> None:
-    """Bring the schema to the newest revision; safe to run at every start."""
+def _config() -> Config:
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
+    return config
+
+
+@functools.cache
+def _newest_revision() -> str | None:
+    """Read the migration scripts once per process (parsing them is most of an upgrade)."""
+    return ScriptDirectory.from_config(_config()).get_current_head()
+
+
+def migrate(engine: Engine) -> None:
+    """Bring the schema to the newest revision; safe to run at every start."""
+    with engine.connect() as connection:
+        current = MigrationContext.configure(connection).get_current_revision()
+    if current is not None and current == _newest_revision():
+        return
+    config = _config()
     with engine.begin() as connection:
         config.attributes["connection"] = connection
         command.upgrade(config, "head")

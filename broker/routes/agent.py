@@ -38,7 +38,10 @@ def renew_certificate(request: Request, agent: AgentId, body: Renewal) -> dict[s
 
 
 def _state_if_newer(broker: Broker, agent: AgentPrincipal, after: int) -> dict[str, Any] | None:
-    with broker.unit_of_work() as uow:
+    """Read-only: a revision bump wakes every agent of the home at once, and their reads
+    must run side by side, not queue for the write lock."""
+    with broker.read() as db:
+        uow = UnitOfWork(broker, db, broker.clock())
         if not agent_still_accepted(uow.db, agent):
             raise ApiError(401, "agent certificate is unknown, replaced or revoked")
         home = uow.db.get(Home, agent.home_id)

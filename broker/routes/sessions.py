@@ -13,6 +13,7 @@ from sqlalchemy import select
 from netpolicy import Grant
 from netpolicy.wgquick import TechnicianConfig, render_wg_quick
 
+from .. import expiry
 from .. import sessions_service as service
 from ..access import home_for, require_role, session_for
 from ..audit import event_dict
@@ -21,7 +22,6 @@ from ..clock import rfc3339
 from ..context import Broker, UnitOfWork
 from ..db.models import LIVE_STATES, AccessSession, AuditEvent, Home, User
 from ..errors import ApiError, denied
-from ..expiry import expire_session_if_due
 from ..schemas import Approval, MoreGrants, NewSession, Reason
 from ..views import session_view
 
@@ -31,8 +31,13 @@ DECIDERS = ("admin", "homeowner")
 
 
 def _expire_if_due(broker: Broker, session_id: str) -> None:
-    """Decisions on an overdue session see it ended, even before the periodic job ran."""
-    broker.run(lambda uow: expire_session_if_due(uow, session_id))
+    """Decisions on an overdue session see it ended, even before the periodic job ran.
+
+    A cheap read first: only an overdue session costs a write transaction."""
+    with broker.read() as db:
+        due = expiry.is_overdue(db, broker.clock(), broker.settings, session_id)
+    if due:
+        broker.run(lambda uow: expiry.expire_session_if_due(uow, session_id))
 
 
 @router.post("", status_code=201)

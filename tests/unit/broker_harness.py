@@ -4,12 +4,22 @@ Time is a ``FakeClock`` the tests move; the periodic job is ``run_maintenance``.
 call with a real client certificate from the broker's CA: ``TlsTerminator`` plays the part
 of ``broker.tls_server.PeerCertificateProtocol`` (the handshake itself is tested over
 real TLS in test_mtls.py, test_cli_story.py and the lab).
+
+The two-home ``World`` is built through the API once per run and per database backend;
+each test starts from a copy of that data directory (and, on PostgreSQL, a database made
+from the template database), so a test pays for a file copy, not ~25 API calls and a
+schema migration. Parametrize ``harness`` with ``["sqlite", "postgresql"]`` (indirect) to
+run a test on both databases; the default is SQLite.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
-from collections.abc import AsyncIterator
+import copy
+import shutil
+from collections.abc import AsyncIterator, Coroutine
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -30,7 +40,11 @@ from broker.config import Settings
 from broker.context import Broker
 from broker.expiry import run_maintenance
 
+from .postgres_server import PostgresServer
+
 CLIENT_CERT_HEADER = "x-harness-client-cert"
+# Decorate a test with this to run it on SQLite and on a throwaway PostgreSQL cluster.
+BOTH_DATABASES = pytest.mark.parametrize("harness", ["sqlite", "postgresql"], indirect=True)
 
 
 class FakeClock:
@@ -126,6 +140,7 @@ class Harness:
     broker: Broker
     clock: FakeClock
     data_dir: Path
+    prebuilt: World | None = None
 
     async def call(
         self, method: str, path: str, token: str | AgentCert | None = None, **kwargs: Any
@@ -166,6 +181,12 @@ class Harness:
         return AgentCert(answer["agent_id"], answer["home_id"], answer["certificate_pem"])
 
     async def world(self) -> World:
+        """The two-home world, already in this test's copy of the database."""
+        if self.prebuilt is None:
+            self.prebuilt = await self.build_world()
+        return self.prebuilt
+
+    async def build_world(self) -> World:
         w = World(admin=first_admin(self.broker, "admin@example.com")["token"])
         w.ids["owner_a"], w.owner_a = await self.user(w.admin, "ann@example.com", "homeowner")
         w.ids["owner_b"], w.owner_b = await self.user(w.admin, "bert@example.com", "homeowner")
@@ -201,15 +222,90 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-@pytest.fixture
-async def harness(tmp_path: Path) -> AsyncIterator[Harness]:
-    clock = FakeClock()
-    settings = Settings(data_dir=tmp_path / "broker", webhook_backoff_s=0.05)
-    pki.load_or_create_ca(settings.data_dir, clock())
+@dataclass(frozen=True)
+class Template:
+    """A data directory (and PostgreSQL template database) holding the built world."""
+
+    data_dir: Path
+    world: World
+    database: str | None = None
+
+
+def _settings(data_dir: Path, db_url: str | None) -> Settings:
+    return Settings(data_dir=data_dir, db_url=db_url, webhook_backoff_s=0.05)
+
+
+async def _started(settings: Settings, clock: FakeClock) -> Harness:
     app = create_app(settings, clock=clock)
-    broker: Broker = app.state.broker
     transport = httpx.ASGITransport(app=TlsTerminator(app))
-    async with httpx.AsyncClient(transport=transport, base_url="http://broker") as client:
-        yield Harness(client=client, broker=broker, clock=clock, data_dir=settings.data_dir)
-    broker.webhooks.close()
-    broker.engine.dispose()
+    client = httpx.AsyncClient(transport=transport, base_url="http://broker")
+    return Harness(client=client, broker=app.state.broker, clock=clock, data_dir=settings.data_dir)
+
+
+async def _stopped(h: Harness) -> None:
+    await h.client.aclose()
+    h.broker.webhooks.close()
+    h.broker.notifier.close()
+    h.broker.engine.dispose()
+
+
+def _in_own_loop(work: Coroutine[Any, Any, World]) -> World:
+    """Session fixtures may be first asked for from inside a test's running event loop."""
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, work).result()
+
+
+def _build_template(data_dir: Path, db_url: str | None) -> World:
+    settings = _settings(data_dir, db_url)
+    clock = FakeClock()
+    pki.load_or_create_ca(settings.data_dir, clock())
+
+    async def build() -> World:
+        h = await _started(settings, clock)
+        try:
+            return await h.build_world()
+        finally:
+            await _stopped(h)
+
+    return _in_own_loop(build())
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Template:
+    data_dir = tmp_path_factory.mktemp("world-sqlite") / "broker"
+    return Template(data_dir, _build_template(data_dir, None))
+
+
+@pytest.fixture(scope="session")
+def postgres_template(
+    tmp_path_factory: pytest.TempPathFactory, postgres_server: PostgresServer
+) -> Template:
+    data_dir = tmp_path_factory.mktemp("world-postgresql") / "broker"
+    database = postgres_server.create_database()
+    world = _build_template(data_dir, postgres_server.url(database))
+    return Template(data_dir, world, database)
+
+
+@pytest.fixture
+async def harness(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Harness]:
+    backend = getattr(request, "param", "sqlite")
+    server: PostgresServer | None = None
+    database = db_url = None
+    if backend == "postgresql":
+        server = request.getfixturevalue("postgres_server")
+        template: Template = request.getfixturevalue("postgres_template")
+        database = server.create_database(template=template.database)
+        db_url = server.url(database)
+    else:
+        assert backend == "sqlite", backend
+        template = request.getfixturevalue("sqlite_template")
+    settings = _settings(tmp_path / "broker", db_url)
+    shutil.copytree(template.data_dir, settings.data_dir)
+    h = await _started(settings, FakeClock())
+    h.prebuilt = copy.deepcopy(template.world)
+    try:
+        yield h
+    finally:
+        await _stopped(h)
+        if server is not None and database is not None:
+            server.drop_database(database)

@@ -7,14 +7,19 @@ through ``TlsTerminator`` (the TLS handshake is covered by test_mtls.py and the 
 from __future__ import annotations
 
 import asyncio
+import json
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from cryptography import x509
 from sqlalchemy import select
+from typer.testing import CliRunner
 
 from agent.enroll import new_tls_key_and_csr
 from broker import pki
+from broker.cli.server import _tls_names
+from broker.cli.server import app as server_app
 from broker.db.models import AgentCertificate, AuditEvent, EnrollmentToken
 
 from .broker_harness import AgentCert, Harness, anyio_backend, csr, harness, keypair
@@ -170,3 +175,38 @@ async def test_revocation_cuts_the_agent_off_at_once(harness: Harness) -> None:
     )
     assert foreign.status_code == 404
     assert "agent.revoked" in actions(h)
+
+
+async def test_revoking_the_newest_agent_hands_configs_back_to_the_one_still_running(
+    harness: Harness,
+) -> None:
+    h = harness
+    w = await h.world()
+    spare = await h.enroll(w.admin, w.home_a, "203.0.113.99:51820")
+    home = await h.ok("GET", f"/v1/homes/{w.home_a}", w.admin)
+    keys = {a["id"]: a["wg_public_key"] for a in home["agents"]}
+    assert home["agent_public_key"] == keys[spare.agent_id]  # the newest enrollment wins
+    await h.ok("POST", f"/v1/homes/{w.home_a}/agents/{spare.agent_id}/revoke", w.admin)
+    home = await h.ok("GET", f"/v1/homes/{w.home_a}", w.admin)
+    assert home["agent_public_key"] == keys[w.agent_a.agent_id]
+    assert home["endpoint"] == "203.0.113.10:51820"
+    await h.ok("POST", f"/v1/homes/{w.home_a}/agents/{w.agent_a.agent_id}/revoke", w.admin)
+    home = await h.ok("GET", f"/v1/homes/{w.home_a}", w.admin)
+    assert home["agent_public_key"] is None  # no running router: no config can be made
+
+
+def test_bootstrap_writes_the_ca_and_a_certificate_for_the_tls_names(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    args = ["bootstrap", "--data-dir", str(data_dir), "--tls-name", "198.51.100.2", "--json"]
+    result = CliRunner().invoke(server_app, [*args, "--tls-name", "broker.example.net"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["ca_cert"] == str(data_dir / pki.CA_CERT_FILE)
+    assert (data_dir / pki.CA_KEY_FILE).stat().st_mode & 0o777 == 0o600
+    ca = pki.load_ca(data_dir)
+    server = x509.load_pem_x509_certificate((data_dir / pki.SERVER_CERT_FILE).read_bytes())
+    server.verify_directly_issued_by(ca.certificate)
+    names = ("broker.example.net", "198.51.100.2")
+    assert set(_tls_names(None, "0.0.0.0", data_dir)) == set(names)  # serve keeps them
+    assert _tls_names(["a.example"], "0.0.0.0", data_dir) == ("a.example",)
+    assert _tls_names(None, "0.0.0.0", tmp_path) == ("localhost", "127.0.0.1")
+    assert _tls_names(None, "10.1.2.3", tmp_path) == ("localhost", "127.0.0.1", "10.1.2.3")

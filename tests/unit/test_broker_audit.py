@@ -13,7 +13,7 @@ from sqlalchemy import delete, select, text, update
 from broker.audit import append
 from broker.db.models import AuditEvent
 
-from .broker_harness import Harness, anyio_backend, harness
+from .broker_harness import BOTH_DATABASES, Harness, anyio_backend, harness
 
 __all__ = ["anyio_backend", "harness"]
 pytestmark = pytest.mark.anyio
@@ -34,6 +34,7 @@ async def verify(h: Harness, admin: str) -> dict[str, object]:
     return result
 
 
+@BOTH_DATABASES
 async def test_untouched_chain_verifies_and_exports(harness: Harness) -> None:
     h = harness
     admin = await busy_chain(h)
@@ -115,6 +116,7 @@ async def test_rewritten_chain_is_caught_by_the_signed_checkpoint(harness: Harne
     assert "signed checkpoint" in str(first_bad["problem"])
 
 
+@BOTH_DATABASES
 async def test_concurrent_appends_never_fork_the_chain(harness: Harness) -> None:
     """Many threads append at once through separate connections; the chain stays a line."""
     h = harness

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import anyio
 import httpx
@@ -15,12 +16,22 @@ from broker.db.models import AuditEvent
 from broker.expiry import run_maintenance
 from netpolicy import DesiredState
 
-from .broker_harness import Harness, anyio_backend, bearer, harness, keypair
+from .broker_harness import (
+    BOTH_DATABASES,
+    Harness,
+    TlsTerminator,
+    anyio_backend,
+    bearer,
+    harness,
+    keypair,
+    presenting,
+)
 
 __all__ = ["anyio_backend", "harness"]
 pytestmark = pytest.mark.anyio
 
 
+@BOTH_DATABASES
 async def test_full_lifecycle_with_technician_key(harness: Harness) -> None:
     h = harness
     w = await h.world()
@@ -257,6 +268,7 @@ async def test_tunnel_addresses_are_unique_and_reused_after_end(harness: Harness
     assert home_b["tunnel_pool"] == "100.96.1.0/24"
 
 
+@BOTH_DATABASES
 async def test_long_poll_wakes_on_approval(harness: Harness) -> None:
     h = harness
     w = await h.world()
@@ -276,6 +288,39 @@ async def test_long_poll_wakes_on_approval(harness: Harness) -> None:
     assert results == [200]
 
 
+@pytest.mark.parametrize("harness", ["postgresql"], indirect=True)
+async def test_long_poll_on_one_replica_wakes_on_approval_at_another(harness: Harness) -> None:
+    """Two broker apps on one PostgreSQL database: LISTEN/NOTIFY carries the wake-up."""
+    h = harness
+    w = await h.world()
+    sid = (await h.request(w.tech_a, "ann-house", ["tv:tcp/443"]))["id"]
+    replica = create_app(h.broker.settings, clock=h.clock)
+    transport = httpx.ASGITransport(app=TlsTerminator(replica))
+    results: list[tuple[int, float]] = []
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url="http://b") as other:
+
+            async def poll() -> None:
+                started = time.monotonic()
+                response = await other.get(
+                    "/v1/agent/state?after=1&wait=20", headers=presenting(w.agent_a)
+                )
+                results.append((response.status_code, time.monotonic() - started))
+
+            with anyio.fail_after(15):
+                async with anyio.create_task_group() as group:
+                    group.start_soon(poll)
+                    await anyio.sleep(0.3)
+                    assert results == []
+                    await h.ok("POST", f"/v1/sessions/{sid}/approve", w.owner_a)
+    finally:
+        replica.state.broker.notifier.close()
+        replica.state.broker.engine.dispose()
+    assert [status for status, _ in results] == [200]
+    assert results[0][1] < 5  # woken by the notification, not by the 20 s timeout
+
+
+@BOTH_DATABASES
 async def test_state_survives_a_restart(harness: Harness) -> None:
     h = harness
     w = await h.world()
@@ -292,6 +337,7 @@ async def test_state_survives_a_restart(harness: Harness) -> None:
     app.state.broker.engine.dispose()
 
 
+@BOTH_DATABASES
 async def test_expiry_job_in_two_processes_ends_each_session_once(harness: Harness) -> None:
     """Two brokers on one database run the job at the same moment: no double ending."""
     h = harness
@@ -319,6 +365,7 @@ async def test_expiry_job_in_two_processes_ends_each_session_once(harness: Harne
     assert verify["ok"] is True
 
 
+@BOTH_DATABASES
 async def test_concurrent_approvals_get_distinct_tunnel_addresses(harness: Harness) -> None:
     h = harness
     w = await h.world()

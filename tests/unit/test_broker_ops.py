@@ -210,19 +210,24 @@ async def test_bootstrap_command_prints_a_working_admin_token(tmp_path: Path) ->
     assert again.exit_code != 0
 
 
+# A smoke-sized loop (sessions stay live, so this is also 40 distinct tunnel addresses);
+# lab/bench/broker_capacity.py is the real measurement, over HTTP and in-process.
+ROUNDS = 40
+
+
 async def test_request_approve_config_throughput(harness: Harness) -> None:
     """Bounded loop, in-process, real SQLite file: prints ops/s (one op = three calls)."""
     h = harness
     w = await h.world()
     await h.ok("PUT", f"/v1/homes/{w.home_a}/policy", w.owner_a, json={"max_duration_s": 3600})
     rounds, started = 0, time.perf_counter()
-    while rounds < 120 and time.perf_counter() - started < 60:
+    while rounds < ROUNDS and time.perf_counter() - started < 60:
         _, public = keypair()
         sid = (await h.request(w.tech_a, "ann-house", ["tv:tcp/443"], public_key=public))["id"]
         await h.ok("POST", f"/v1/sessions/{sid}/approve", w.owner_a)
         config = await h.call("GET", f"/v1/sessions/{sid}/wg-quick", w.tech_a)
         assert config.status_code == 200
-        rounds += 1  # 120 rounds fit the home's /24 tunnel pool
+        rounds += 1
     elapsed = time.perf_counter() - started
     print(f"\nrequest->approve->config: {rounds / elapsed:.1f} ops/s over {rounds} rounds")
-    assert rounds == 120
+    assert rounds == ROUNDS
