@@ -173,22 +173,26 @@ class DesiredState:
             raise PolicyError(f"unsupported desired-state version {self.version}")
         if self.revision < 0:
             raise PolicyError("revision must not be negative")
-        seen: tuple[set[object], ...] = (set(), set(), set())
-        valid_devices: set[object] = set()
+        ids: set[object] = set()
+        keys: set[object] = set()
+        tunnels: set[object] = set()
+        valid_devices: set[IPv4Address | IPv6Address] = set()
         for session in self.sessions:
             for taken, what, value in (
-                (seen[0], "session id", session.session_id),
-                (seen[1], "public key", session.public_key),
-                (seen[2], "tunnel address", session.tunnel_ip),
+                (ids, "session id", session.session_id),
+                (keys, "public key", session.public_key),
+                (tunnels, "tunnel address", session.tunnel_ip),
             ):
                 if value in taken:
                     raise PolicyError(f"{what} {value} appears in two sessions")
                 taken.add(value)
             self._validate_session_addresses(session, valid_devices)
 
-    def _validate_session_addresses(self, session: LiveSession, valid_devices: set[object]) -> None:
-        """``valid_devices``: device addresses this document already passed (many sessions
-        share a device, and the check depends on nothing else)."""
+    def _validate_session_addresses(
+        self, session: LiveSession, valid_devices: set[IPv4Address | IPv6Address]
+    ) -> None:
+        """``valid_devices``: device addresses already checked in this document; sessions
+        share devices, and the check depends on the address and the network only."""
         pool = self.network.tunnel_pool
         tip = session.tunnel_ip
         if tip not in pool or tip in (pool.network_address, pool.broadcast_address):

@@ -20,7 +20,6 @@ import asyncio
 import base64
 import contextlib
 import json
-import os
 import socket
 import ssl
 import subprocess
@@ -359,11 +358,6 @@ def _database_label(settings: Settings) -> str:
 # --- fan-out -------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class _Agent:
-    context: ssl.SSLContext
-
-
 async def _http_get(
     reader: asyncio.StreamReader, writer: asyncio.StreamWriter, path: str
 ) -> tuple[int, bytes]:
@@ -383,9 +377,11 @@ async def _http_get(
     return status, body
 
 
-async def _agent_longpoll(agent: _Agent, port: int, woken: list[float], ready: list[int]) -> None:
+async def _agent_longpoll(
+    tls: ssl.SSLContext, port: int, woken: list[float], ready: list[int]
+) -> None:
     reader, writer = await asyncio.open_connection(
-        "127.0.0.1", port, ssl=agent.context, server_hostname="127.0.0.1"
+        "127.0.0.1", port, ssl=tls, server_hostname="127.0.0.1"
     )
     try:
         status, body = await _http_get(reader, writer, "/v1/agent/state?after=-1&wait=0")
@@ -404,7 +400,10 @@ async def _agent_longpoll(agent: _Agent, port: int, woken: list[float], ready: l
             await writer.wait_closed()
 
 
-def _agent_contexts(settings: Settings, certificates: list[str], key_pem: bytes) -> list[_Agent]:
+def _agent_contexts(
+    settings: Settings, certificates: list[str], key_pem: bytes
+) -> list[ssl.SSLContext]:
+    """One client TLS context per agent: its own certificate (all share one key)."""
     work = settings.data_dir / "bench-agents"
     work.mkdir(mode=0o700)
     key_file = work / "agent.key"
@@ -416,7 +415,7 @@ def _agent_contexts(settings: Settings, certificates: list[str], key_pem: bytes)
         cert_file.write_text(certificate)
         context = _verify(settings)
         context.load_cert_chain(cert_file, key_file)
-        agents.append(_Agent(context))
+        agents.append(context)
     return agents
 
 
@@ -459,17 +458,15 @@ def fanout(agents: int = 1000, seconds_limit: float = 120.0) -> dict[str, Any]:
         enroll_s = time.perf_counter() - started
         contexts = _agent_contexts(settings, certificates, key_pem)
         with _served(settings, tls=True) as server:
-            port = int(server.base_url.rsplit(":", 1)[1])
             result = asyncio.run(_fan_out(server, settings, setup, contexts, deadline))
             result["broker_memory"] = _memory_mb(server.pid)
         result["agents"] = agents
         result["enroll_s"] = round(enroll_s, 1)
-        result["port"] = port
         return result
 
 
 async def _fan_out(
-    server: Server, settings: Settings, setup: Setup, agents: list[_Agent], deadline: float
+    server: Server, settings: Settings, setup: Setup, agents: list[ssl.SSLContext], deadline: float
 ) -> dict[str, Any]:
     tenant = setup.tenants[0]
     woken: list[float] = []
@@ -572,5 +569,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    os.environ.setdefault("PYTHONUNBUFFERED", "1")
     main()

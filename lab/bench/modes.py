@@ -22,6 +22,17 @@ class Mode:
     baseline_interval_s: float
     baseline_expiry_trials: int
     production_interval_s: float
+    # the running product: access cycles (count, seconds), sessions for the agent's RSS
+    access_cycles: int
+    access_seconds: float
+    broker_agent_sessions: int
+    rss_steady_s: float
+    # broker capacity: lifecycles (count, seconds) per mode, long-polling agents, seconds
+    capacity_modes: tuple[str, ...]
+    capacity_lifecycles: int
+    capacity_seconds: float
+    fanout_agents: int
+    fanout_seconds: float
 
 
 QUICK = Mode(
@@ -34,9 +45,18 @@ QUICK = Mode(
     latency_rounds=200,
     latency_seconds=8.0,
     expiry_trials=10,
-    baseline_interval_s=5.0,
+    baseline_interval_s=2.0,
     baseline_expiry_trials=5,
     production_interval_s=60.0,
+    access_cycles=2,
+    access_seconds=5.0,
+    broker_agent_sessions=20,
+    rss_steady_s=1.0,
+    capacity_modes=("https",),
+    capacity_lifecycles=40,
+    capacity_seconds=5.0,
+    fanout_agents=30,
+    fanout_seconds=30.0,
 )
 
 FULL = Mode(
@@ -52,4 +72,13 @@ FULL = Mode(
     baseline_interval_s=5.0,
     baseline_expiry_trials=24,
     production_interval_s=60.0,
+    access_cycles=100,
+    access_seconds=180.0,
+    broker_agent_sessions=100,
+    rss_steady_s=3.0,
+    capacity_modes=("https", "http", "asgi"),
+    capacity_lifecycles=2_000,
+    capacity_seconds=30.0,
+    fanout_agents=1_000,
+    fanout_seconds=170.0,
 )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, ip_address
 from typing import Any
 
 import pytest
@@ -21,6 +21,7 @@ from netpolicy import (
     validate_duration,
     validate_public_key,
 )
+from netpolicy.grants import parse_ip
 from tests.golden import load_json
 
 KEY = "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg="
@@ -184,3 +185,18 @@ def test_home_network_refuses_tiny_lan() -> None:
 
 def test_public_key_accepts_wg_format() -> None:
     assert validate_public_key(KEY) == KEY
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["10.0.0.1", "0.0.0.0", "255.255.255.255", "256.1.1.1", "01.2.3.4", "1.2.3.04", "1.2.3",
+     "1.2.3.4.5", "1.2.3.4\n", " 1.2.3.4", "\u0661.2.3.4", "1..2.3", "", "::1", "fd00::1:2"],
+)  # fmt: skip
+def test_fast_address_parsing_agrees_with_ipaddress(text: str) -> None:
+    try:
+        expected: object = ip_address(text)
+    except ValueError:
+        with pytest.raises(ValueError):
+            parse_ip(text)
+    else:
+        assert parse_ip(text) == expected and type(parse_ip(text)) is type(expected)
