@@ -13,8 +13,7 @@ from lab import netns
 
 from . import broker_capacity, rig
 from .modes import Mode
-from .results import Figure, Measurement, Ratio
-from .stats import Summary
+from .results import Figure, Measurement, Ratio, Reported
 
 MODE_LABELS = {
     "https": "real HTTPS (uvicorn child process, TLS)",
@@ -23,11 +22,14 @@ MODE_LABELS = {
 }
 
 
+def _reported(s: dict[str, float]) -> Reported:
+    """The module's ``{n, median, p99, max}`` (it keeps the series itself)."""
+    return Reported(int(s["n"]), s["median"], s["p99"], s["max"])
+
+
 def _steps(figures: list[Figure], label: str, latency: dict[str, dict[str, float]]) -> None:
-    """Per-step latency as reported (median and p99 only: the series stays in the module)."""
     for step, s in latency.items():
-        summary = Summary(int(s["n"]), s["median"], s["p99"], s["median"], s["max"])
-        figures.append(Figure(f"{label}: {step} latency", "ms", summary))
+        figures.append(Figure(f"{label}: {step} API call latency", "ms", reported=_reported(s)))
 
 
 def measure(mode: Mode, prefix: str) -> Measurement:
@@ -68,10 +70,13 @@ def measure(mode: Mode, prefix: str) -> Measurement:
                        value=result["broker_memory"]["max_rss_mb"])
             )  # fmt: skip
     wake = fan["wake_s"]
-    wake_summary = Summary(int(wake["n"]), wake["median"], wake["p99"], wake["median"], wake["max"])
     broker_rss = fan["broker_memory"]["max_rss_mb"]
     m.figures += [
-        Figure(f"fan-out: revision bump -> agent woken, {fan['agents']} agents", "s", wake_summary),
+        Figure(
+            f"fan-out: approve call -> agent woken, {fan['agents']} agents",
+            "s",
+            reported=_reported(wake),
+        ),
         Figure(f"broker max RSS with {fan['agents']} agents long-polling", "MB", value=broker_rss),
     ]
     for how, result in lifecycles.items():

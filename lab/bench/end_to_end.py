@@ -60,7 +60,9 @@ def _status_kb(pid: int, field: str) -> int:
     raise RuntimeError(f"/proc/{pid}/status has no {field}")
 
 
-def _wait_elements(status: Callable[[], dict[str, object]], want: int, alive: Callable[[], bool]) -> None:
+def _wait_elements(
+    status: Callable[[], dict[str, object]], want: int, alive: Callable[[], bool]
+) -> None:
     deadline = time.monotonic() + AGENT_READY_TIMEOUT_S
     while time.monotonic() < deadline:
         if not alive():
@@ -162,9 +164,7 @@ def revocation_latency(mode: Mode, prefix: str) -> Measurement:
         Figure("revoke call started -> first dropped datagram", "ms",
                _ms([c.revoke_call + c.first_drop for c in closings])),
     ]  # fmt: skip
-    m.ratios.append(
-        Ratio("revocation latency p99", to_drop.p99, "ms", "<=", REVOKE_P99_GOAL_MS)
-    )
+    m.ratios.append(Ratio("revocation latency p99", to_drop.p99, "ms", "<=", REVOKE_P99_GOAL_MS))
     return m
 
 
@@ -177,13 +177,13 @@ def time_to_access(mode: Mode, prefix: str) -> Measurement:
         "technician": "GET /v1/sessions/ID/wg-quick, fill in the locally kept private key, "
         "stock `wg-quick up` (wireguard-go), then TCP connects to thermostat tcp/443 "
         "(0.25 s timeout, 20 ms apart) until one is answered",
-        "agent_times": "from the agent's own log (ts= in ms); they overlap the "
-        "technician's steps",
+        "agent_times": "from the agent's own log (ts= in ms); they overlap the technician's steps",
     }
     total = _ms([o.connected for o in openings])
     m.figures += [
         Figure("approve returned -> first TCP connect answered", "ms", total),
-        Figure("approve API call (request to answer)", "ms", _ms([o.approve_call for o in openings])),
+        Figure("approve API call (request to answer)", "ms",
+               _ms([o.approve_call for o in openings])),
         Figure("  agent woken (after approve returned)", "ms",
                _ms([o.agent_woken for o in openings]), note="< 0: before the answer arrived"),
         Figure("  agent applied peer + elements (after approve returned)", "ms",
@@ -195,9 +195,7 @@ def time_to_access(mode: Mode, prefix: str) -> Measurement:
         Figure("  technician: handshake + first connect", "ms",
                _ms([o.connected - o.tunnel_up for o in openings])),
     ]  # fmt: skip
-    m.ratios.append(
-        Ratio("time to access p50", total.median, "ms", "<=", ACCESS_P50_GOAL_MS)
-    )
+    m.ratios.append(Ratio("time to access p50", total.median, "ms", "<=", ACCESS_P50_GOAL_MS))
     return m
 
 
@@ -271,6 +269,8 @@ def agent_rss(mode: Mode, prefix: str) -> Measurement:
             Figure(f"{label}, {n} sessions: until all applied", "s", Summary.of([mem.applied_s])),
         ]
         m.ratios.append(
-            Ratio(f"agent max RSS, {label}, {n} sessions", mem.hwm_mb, "MB", "<=", AGENT_RSS_GOAL_MB)
+            Ratio(
+                f"agent max RSS, {label}, {n} sessions", mem.hwm_mb, "MB", "<=", AGENT_RSS_GOAL_MB
+            )
         )
     return m

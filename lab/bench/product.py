@@ -101,7 +101,8 @@ def running(prefix: str) -> Iterator[Product]:
             }
             home_id = str(admin.call(lambda c: c.create_home(fields))["id"])
             for device in lab.topo.devices:
-                owner.call(lambda c, d=device: c.add_device(HOME, d.name, str(d.ip), None))
+                name, ip = device.name, str(device.ip)
+                owner.call(lambda c: c.add_device(HOME, name, ip, None))  # noqa: B023
             token = admin.call(lambda c: c.create_enroll_token(HOME, 600))["token"]
             broker.enroll_with(str(token), broker.state_dir)
             broker.start_agent()

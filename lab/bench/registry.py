@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from . import change_cost, end_to_end, expiry, latency
+from . import capacity, change_cost, end_to_end, expiry, latency
 from .modes import Mode
 from .results import Measurement
 
@@ -17,6 +17,6 @@ MEASUREMENTS: dict[str, MeasureFn] = {
     "expiry": expiry.measure,
     "revocation_latency": end_to_end.revocation_latency,
     "time_to_access": end_to_end.time_to_access,
-    "broker_capacity": end_to_end.broker_capacity,
+    "broker_capacity": capacity.measure,
     "agent_rss": end_to_end.agent_rss,
 }

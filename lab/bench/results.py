@@ -17,14 +17,26 @@ _COMPARE: dict[str, Callable[[float, float], bool]] = {"<=": operator.le, ">=": 
 
 
 @dataclass(frozen=True, slots=True)
+class Reported:
+    """Trials, median, p99 and max of a series another module summarised (no minimum)."""
+
+    trials: int
+    median: float
+    p99: float
+    maximum: float
+
+
+@dataclass(frozen=True, slots=True)
 class Figure:
-    """One measured series, or one derived number (``trials`` 0 means computed, not run)."""
+    """One measured series (or one summarised elsewhere), or one derived number
+    (``trials`` 0 means computed, not run)."""
 
     name: str
     unit: str
     summary: Summary | None = None
     value: float | None = None
     note: str = ""
+    reported: Reported | None = None
 
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {"name": self.name, "unit": self.unit}
@@ -37,6 +49,9 @@ class Figure:
                 "min": s.minimum,
                 "max": s.maximum,
             }
+        elif self.reported is not None:
+            r = self.reported
+            data |= {"trials": r.trials, "median": r.median, "p99": r.p99, "max": r.maximum}
         else:
             data |= {"trials": 0, "value": self.value}
         if self.note:
@@ -134,6 +149,9 @@ def markdown(measurements: list[Measurement]) -> str:
             if f.summary is not None:
                 s = f.summary
                 cells = [str(s.trials), _num(s.median), _num(s.p99)]
+            elif f.reported is not None:
+                rep = f.reported
+                cells = [str(rep.trials), _num(rep.median), _num(rep.p99)]
             else:
                 cells = ["computed", _num(f.value), "-"]
             lines.append(f"| {m.title} | {f.name} | {' | '.join(cells)} | {f.unit} |")
