@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import base64
 import logging
-import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -27,10 +26,11 @@ from cryptography.x509.oid import NameOID
 
 from agent.broker_client import BrokerClient, BrokerError, fetch_pinned_ca, pinned_ssl_context
 from agent.state_dir import AgentConfig, CertificateValidity, StateDir, StateError
+from netpolicy import PolicyError
+from netpolicy.enroll_format import parse_enroll_token
 
 log = logging.getLogger(__name__)
 
-_TOKEN_RE = re.compile(r"^ztbenroll\.([0-9a-f]{64})\.[A-Za-z0-9_-]{43}$")
 _SPIFFE_PREFIX = "spiffe://ztb/home/"
 RETRY_BASE = timedelta(seconds=30)
 RETRY_CAP = timedelta(minutes=15)
@@ -48,17 +48,6 @@ class RenewalResult:
     error: str | None = None
 
 
-def token_fingerprint(token: str) -> str:
-    """The CA fingerprint inside an enrollment token (format of ``broker.enroll_token``)."""
-    match = _TOKEN_RE.match(token.strip())
-    if match is None:
-        raise EnrollmentError(
-            "enrollment token must look like ztbenroll.<64 hex CA fingerprint>.<secret>"
-            " (copy it whole from 'ztb home enroll-token')"
-        )
-    return match.group(1)
-
-
 def enroll(
     broker_url: str,
     token: str,
@@ -73,7 +62,10 @@ def enroll(
     Nothing is written unless the broker issued a certificate that checks out. The token
     is one-time: if the answer is lost in transit, ask the admin for a new token.
     """
-    fingerprint = token_fingerprint(token)
+    try:
+        fingerprint = parse_enroll_token(token).ca_fingerprint
+    except PolicyError as exc:
+        raise EnrollmentError(str(exc)) from None
     # Validate the local settings before spending the one-time token.
     AgentConfig(broker_url, "pending", "pending", interface, listen_port, endpoint)
     state = StateDir(state_dir)

@@ -17,14 +17,14 @@ written last at enrollment, so its presence means "enrolled". Standard library o
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
+
+from ztb.files import write_atomic
 
 CONFIG_FILE = "config.json"
 CA_FILE = "ca.pem"
@@ -211,26 +211,6 @@ class StateDir:
             return path.read_text()
         except FileNotFoundError:
             raise StateError(f"{path} is missing (re-enroll the agent)") from None
-
-
-def write_atomic(path: Path, data: bytes, mode: int) -> None:
-    """Write via a temp file created with its final mode, fsync, rename, fsync the dir."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        Path(tmp).replace(path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def _json(data: dict[str, Any]) -> bytes:

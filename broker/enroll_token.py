@@ -4,41 +4,30 @@ Format: ``ztbenroll.<sha256 of the CA certificate, 64 hex>.<secret, 43 base64url
 The agent takes the fingerprint from the token to check the CA it fetches over an
 unauthenticated connection; the broker keeps only ``token_hash`` (SHA-256 of the whole
 token: the secret has 256 bits of entropy, so a slow KDF adds nothing) plus expiry and
-used-at columns. Pure: the clock comes in as ``now``. ``agent.enroll`` reads the same
-format on its side (the agent never imports broker).
+used-at columns. Pure: the clock comes in as ``now``. The format itself lives in
+``netpolicy.enroll_format``, shared with the agent.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-import re
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-PREFIX = "ztbenroll"
+from netpolicy.enroll_format import (
+    FINGERPRINT_RE,
+    EnrollToken,
+    EnrollTokenError,
+    parse_enroll_token,
+)
+
+__all__ = ["EnrollToken", "EnrollTokenError", "MintedToken", "mint", "token_hash", "verify"]
+
 DEFAULT_TTL = timedelta(hours=1)
 MAX_TTL = timedelta(days=7)
 _SECRET_BYTES = 32
-_FINGERPRINT_RE = re.compile(r"^[0-9a-f]{64}$")
-_SECRET_RE = re.compile(r"^[A-Za-z0-9_-]{43}$")
-
-
-class EnrollTokenError(ValueError):
-    """A token that is malformed, unknown, expired or already used; message is user-facing."""
-
-
-@dataclass(frozen=True, slots=True)
-class EnrollToken:
-    ca_fingerprint: str
-    secret: str
-
-    def __str__(self) -> str:
-        return f"{PREFIX}.{self.ca_fingerprint}.{self.secret}"
-
-    def __repr__(self) -> str:  # never print the secret into logs
-        return f"EnrollToken(ca_fingerprint={self.ca_fingerprint!r}, secret='(hidden)')"
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,7 +43,7 @@ class MintedToken:
 def mint(ca_fingerprint: str, now: datetime, ttl: timedelta = DEFAULT_TTL) -> MintedToken:
     """A fresh token for the CA with ``ca_fingerprint``; store only ``token_hash``."""
     fingerprint = ca_fingerprint.lower()
-    if not _FINGERPRINT_RE.match(fingerprint):
+    if not FINGERPRINT_RE.match(fingerprint):
         raise EnrollTokenError("CA fingerprint must be 64 hex characters (SHA-256)")
     if not timedelta(0) < ttl <= MAX_TTL:
         raise EnrollTokenError(f"enrollment token lifetime must be >0 and <= {MAX_TTL}")
@@ -62,23 +51,9 @@ def mint(ca_fingerprint: str, now: datetime, ttl: timedelta = DEFAULT_TTL) -> Mi
     return MintedToken(token=token, token_hash=token_hash(token), expires_at=now + ttl)
 
 
-def parse(token: str) -> EnrollToken:
-    """Split a token into CA fingerprint and secret, or say what is wrong with it."""
-    parts = token.strip().split(".")
-    if len(parts) != 3 or parts[0] != PREFIX:
-        raise EnrollTokenError(f"enrollment token must look like {PREFIX}.<fingerprint>.<secret>")
-    if not _FINGERPRINT_RE.match(parts[1]):
-        raise EnrollTokenError(
-            "enrollment token's CA fingerprint must be 64 lower-case hex characters"
-        )
-    if not _SECRET_RE.match(parts[2]):
-        raise EnrollTokenError("enrollment token's secret is malformed (truncated copy?)")
-    return EnrollToken(ca_fingerprint=parts[1], secret=parts[2])
-
-
 def token_hash(token: str) -> str:
     """What the broker stores and looks tokens up by (hex SHA-256 of the canonical token)."""
-    return hashlib.sha256(str(parse(token)).encode("ascii")).hexdigest()
+    return hashlib.sha256(str(parse_enroll_token(token)).encode("ascii")).hexdigest()
 
 
 def verify(token: str, stored_hash: str) -> bool:

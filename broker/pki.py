@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
-import os
 import re
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -28,6 +26,8 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from ztb.files import write_atomic
 
 CA_CERT_FILE = "ca.pem"
 CA_KEY_FILE = "ca.key"
@@ -295,8 +295,8 @@ def load_or_create_ca(data_dir: Path, now: datetime) -> CertificateAuthority:
     if cert_path.exists() or key_path.exists():
         return load_ca(data_dir)
     ca = create_ca(now)
-    _write_atomic(key_path, _key_pem(ca.key), 0o600)
-    _write_atomic(cert_path, ca.certificate_pem.encode("ascii"), 0o644)
+    write_atomic(key_path, _key_pem(ca.key), 0o600)
+    write_atomic(cert_path, ca.certificate_pem.encode("ascii"), 0o644)
     return ca
 
 
@@ -340,8 +340,8 @@ def ensure_server_certificate(
                 return cert_path, key_path
     key = new_private_key()
     cert = issue_server_certificate(ca, key.public_key(), names, now)
-    _write_atomic(key_path, _key_pem(key), 0o600)
-    _write_atomic(cert_path, certificate_pem(cert).encode("ascii"), 0o644)
+    write_atomic(key_path, _key_pem(key), 0o600)
+    write_atomic(cert_path, certificate_pem(cert).encode("ascii"), 0o644)
     return cert_path, key_path
 
 
@@ -351,19 +351,3 @@ def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-
-
-def _write_atomic(path: Path, data: bytes, mode: int) -> None:
-    """The file is created with its final mode, so a key is never briefly world-readable."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        Path(tmp).replace(path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -20,6 +20,7 @@ import asyncio
 import base64
 import contextlib
 import json
+import os
 import socket
 import ssl
 import subprocess
@@ -233,6 +234,12 @@ def _memory_mb(pid: int) -> dict[str, float]:
     return {"rss_mb": fields["VmRSS"], "max_rss_mb": fields["VmHWM"]}
 
 
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds the process has used so far (``/proc/PID/stat``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _summary(values: list[float], digits: int) -> dict[str, float]:
     s = Summary.of(values)
     figures = {"n": s.trials, "median": s.median, "p99": s.p99, "max": s.maximum}
@@ -342,7 +349,13 @@ def lifecycles_per_second(
                 ) as client:
                     return await _drive(client, setup.tenants, n, seconds_limit)
 
+            cpu_before = _cpu_s(server.pid)
             result |= asyncio.run(over_http())
+            broker_cpu_s = _cpu_s(server.pid) - cpu_before
+            # The load generator shares the machine: this splits the cost between the two.
+            result["broker_cpu_ms_per_lifecycle"] = round(
+                1000 * broker_cpu_s / max(1, result["lifecycles"]), 2
+            )
             result["broker_memory"] = _memory_mb(server.pid)
         return result
 

@@ -33,7 +33,6 @@ def _steps(figures: list[Figure], label: str, latency: dict[str, dict[str, float
 
 
 def measure(mode: Mode, prefix: str) -> Measurement:
-    m = Measurement("broker_capacity", "Broker capacity (SQLite)")
     lifecycles: dict[str, dict[str, Any]] = {}
     with rig.namespace(f"{prefix}-cap") as ns, netns.inside(ns):
         for how in mode.capacity_modes:
@@ -41,7 +40,13 @@ def measure(mode: Mode, prefix: str) -> Measurement:
                 mode.capacity_lifecycles, mode.capacity_seconds, mode=how
             )
         fan = broker_capacity.fanout(mode.fanout_agents, mode.fanout_seconds)
-    first = lifecycles[mode.capacity_modes[0]]
+    return report(mode, lifecycles, fan)
+
+
+def report(mode: Mode, lifecycles: dict[str, dict[str, Any]], fan: dict[str, Any]) -> Measurement:
+    """The row from the module's results: lifecycles per mode, and the fan-out."""
+    m = Measurement("broker_capacity", "Broker capacity (SQLite)")
+    first = next(iter(lifecycles.values()))
     m.setup = {
         "lifecycle": "request + approve + wg-quick config + revoke (4 API calls)",
         "database": first["database"],

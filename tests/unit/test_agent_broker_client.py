@@ -253,7 +253,7 @@ def test_enroll_checks_the_answer_and_writes_nothing(
         ({"interface": "a-very-long-interface-name"}, "interface"),
         ({"listen_port": 0}, "listen port"),
         ({"endpoint": "203.0.113.1"}, "HOST:PORT"),
-        ({"token": "ztbenroll.abc.def"}, "must look like"),
+        ({"token": "ztbenroll.abc.def"}, "fingerprint must be 64"),
     ],
 )
 def test_enroll_validates_settings_before_spending_the_token(

@@ -6,12 +6,14 @@ import hashlib
 import hmac
 import re
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
-from agent.enroll import EnrollmentError, token_fingerprint
+from agent.enroll import EnrollmentError, enroll
 from broker import enroll_token
 from broker.enroll_token import EnrollTokenError
+from netpolicy.enroll_format import parse_enroll_token
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 FP = hashlib.sha256(b"a CA certificate").hexdigest()
@@ -23,10 +25,10 @@ def test_mint_format_hash_and_expiry() -> None:
     assert minted.token_hash == hashlib.sha256(minted.token.encode()).hexdigest()
     assert minted.expires_at == NOW + timedelta(minutes=30)
     assert enroll_token.mint(FP, NOW).expires_at == NOW + enroll_token.DEFAULT_TTL
-    secrets = {enroll_token.parse(enroll_token.mint(FP, NOW).token).secret for _ in range(50)}
+    secrets = {parse_enroll_token(enroll_token.mint(FP, NOW).token).secret for _ in range(50)}
     assert len(secrets) == 50
     assert minted.token not in repr(minted)
-    assert enroll_token.parse(minted.token).secret not in repr(enroll_token.parse(minted.token))
+    assert parse_enroll_token(minted.token).secret not in repr(parse_enroll_token(minted.token))
 
 
 def test_mint_refuses_bad_input() -> None:
@@ -40,7 +42,7 @@ def test_mint_refuses_bad_input() -> None:
 
 def test_parse_round_trip_and_whitespace() -> None:
     token = enroll_token.mint(FP, NOW).token
-    parsed = enroll_token.parse(f"  {token}\n")
+    parsed = parse_enroll_token(f"  {token}\n")
     assert parsed.ca_fingerprint == FP
     assert str(parsed) == token
 
@@ -63,15 +65,14 @@ SECRET = "A" * 43
 )
 def test_parse_errors_are_clear(token: str, message: str) -> None:
     with pytest.raises(EnrollTokenError, match=message):
-        enroll_token.parse(token)
-    # The agent reads the same format and refuses the same tokens.
-    with pytest.raises(EnrollmentError, match="must look like"):
-        token_fingerprint(token)
+        parse_enroll_token(token)
 
 
-def test_agent_reads_the_fingerprint_the_broker_minted() -> None:
-    token = enroll_token.mint(FP, NOW).token
-    assert token_fingerprint(token) == FP == enroll_token.parse(token).ca_fingerprint
+def test_agent_refuses_a_malformed_token_before_any_network(tmp_path: Path) -> None:
+    bad = f"ztbenroll.{FP}.{SECRET[:-1]}"
+    with pytest.raises(EnrollmentError, match="truncated"):
+        enroll("https://192.0.2.1:1", bad, tmp_path / "state", "ztb0", 51820, "203.0.113.1:51820")
+    assert not (tmp_path / "state" / "config.json").exists()
 
 
 def test_verify_against_stored_hash() -> None:
