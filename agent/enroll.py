@@ -11,7 +11,6 @@ matches, and from then on talks to the broker with that CA as its only trust anc
 
 from __future__ import annotations
 
-import base64
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -21,13 +20,14 @@ import httpx
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, x25519
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from agent.broker_client import BrokerClient, BrokerError, fetch_pinned_ca, pinned_ssl_context
 from agent.state_dir import AgentConfig, CertificateValidity, StateDir, StateError
 from netpolicy import PolicyError
 from netpolicy.enroll_format import parse_enroll_token
+from ztb.wgkeys import key_pair
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ def enroll(
         raise StateError(f"{state.path} already holds an enrolled agent; pick another dir")
 
     ca_pem = fetch_pinned_ca(broker_url, fingerprint, transport)
-    wg_private_key, wg_public_key = new_wireguard_keypair()
+    wg_private_key, wg_public_key = key_pair()
     key, csr_pem = new_tls_key_and_csr("ztb-agent")
     with BrokerClient(broker_url, pinned_ssl_context(ca_pem), transport) as client:
         answer = client.enroll(
@@ -183,15 +183,6 @@ def renewal_log_level(validity: CertificateValidity, now: datetime) -> int:
     if now >= validity.renew_at:
         return logging.WARNING
     return logging.DEBUG
-
-
-def new_wireguard_keypair() -> tuple[str, str]:
-    """(private, public) WireGuard keys, base64 as ``wg genkey | wg pubkey`` prints them."""
-    private = x25519.X25519PrivateKey.generate()
-    return (
-        base64.b64encode(private.private_bytes_raw()).decode("ascii"),
-        base64.b64encode(private.public_key().public_bytes_raw()).decode("ascii"),
-    )
 
 
 def new_tls_key_and_csr(common_name: str) -> tuple[ec.EllipticCurvePrivateKey, str]:

@@ -14,8 +14,6 @@ from datetime import timedelta
 from ipaddress import IPv4Network, ip_address, ip_network
 from typing import Any
 
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
@@ -29,6 +27,7 @@ from netpolicy import (
     validate_public_key,
 )
 from netpolicy.policy import HomePolicy, evaluate
+from ztb.wgkeys import key_pair
 
 from .auth import Principal
 from .context import UnitOfWork
@@ -166,23 +165,12 @@ def _allocate_tunnel_ip(db: Session, home: Home) -> str:
     raise PolicyError(f"the tunnel pool {pool} of this home is full")
 
 
-def _new_keypair() -> tuple[str, str]:
-    private = X25519PrivateKey.generate()
-    raw_private = private.private_bytes(
-        serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
-    )
-    raw_public = private.public_key().public_bytes(
-        serialization.Encoding.Raw, serialization.PublicFormat.Raw
-    )
-    return base64.b64encode(raw_private).decode(), base64.b64encode(raw_public).decode()
-
-
 def _approve_new(
     uow: UnitOfWork, session: AccessSession, home: Home, approver: str, duration_s: int
 ) -> None:
     db = uow.db
     if session.public_key is None:
-        session.private_key_once, session.public_key = _new_keypair()
+        session.private_key_once, session.public_key = key_pair()
     clash = db.scalars(
         select(AccessSession.id).where(
             AccessSession.home_id == home.id,

@@ -7,12 +7,9 @@ public key goes to the broker, the private key waits in ``~/.config/ztb/keys/ID.
 
 from __future__ import annotations
 
-import base64
 import os
 import re
 import secrets
-import shutil
-import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -37,6 +34,7 @@ from broker.cli.common import (
 )
 from broker.client import BrokerClient
 from netpolicy import Grant, PolicyError, format_duration, validate_public_key
+from ztb.wgkeys import key_pair
 
 app = typer.Typer(
     no_args_is_help=True, add_completion=False, help="Request, approve and end access sessions."
@@ -77,65 +75,6 @@ def write_secret(path: Path, text: str) -> None:
     with os.fdopen(fd, "w") as file:
         os.fchmod(fd, 0o600)
         file.write(text)
-
-
-def _b64(raw: bytes) -> str:
-    return base64.b64encode(raw).decode()
-
-
-KeyPair = tuple[str, str]
-
-
-def _pair_with_cryptography(private_key: str | None) -> KeyPair | None:
-    try:
-        from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
-    except ImportError:
-        return None
-    key = (
-        X25519PrivateKey.from_private_bytes(base64.b64decode(private_key))
-        if private_key
-        else X25519PrivateKey.generate()
-    )
-    return _b64(key.private_bytes_raw()), _b64(key.public_key().public_bytes_raw())
-
-
-def _pair_with_wireguard_tools(private_key: str | None) -> KeyPair | None:
-    try:
-        from wireguard_tools.wireguard_key import WireguardKey
-    except ImportError:
-        return None
-    key = WireguardKey(private_key) if private_key else WireguardKey.generate()
-    return str(key), str(key.public_key())
-
-
-def _pair_with_wg_tool(private_key: str | None) -> KeyPair | None:
-    """``wg genkey``/``wg pubkey``: present wherever wg-quick is, so a bare install works."""
-    wg = shutil.which("wg")
-    if wg is None:
-        return None
-    if private_key is None:
-        made = subprocess.run([wg, "genkey"], capture_output=True, text=True, check=True)
-        private_key = made.stdout.strip()
-    public = subprocess.run([wg, "pubkey"], input=private_key, capture_output=True, text=True)
-    if public.returncode != 0:
-        raise RuntimeError(f"wg pubkey refused the key: {public.stderr.strip()}")
-    return private_key, public.stdout.strip()
-
-
-def key_pair(private_key: str | None = None) -> KeyPair:
-    """``(private, public)`` in wg's base64; a fresh private key unless one is given.
-
-    Tries ``cryptography``, then the pure-Python X25519 of ``wireguard_tools``, then the
-    ``wg`` tool: none is a dependency of the bare CLI, which must stay small.
-    """
-    for make in (_pair_with_cryptography, _pair_with_wireguard_tools, _pair_with_wg_tool):
-        pair = make(private_key)
-        if pair is not None:
-            return pair
-    raise RuntimeError(
-        "making a WireGuard key needs the 'cryptography' package (pip install cryptography) "
-        "or the wg tool (wireguard-tools); or pass --no-local-key"
-    )
 
 
 def _read_key_file(path: Path) -> str:

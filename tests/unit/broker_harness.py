@@ -15,7 +15,6 @@ run a test on both databases; the default is SQLite.
 from __future__ import annotations
 
 import asyncio
-import base64
 import copy
 import shutil
 from collections.abc import AsyncIterator, Coroutine
@@ -28,8 +27,6 @@ from typing import Any
 import httpx
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from agent.enroll import new_tls_key_and_csr
@@ -39,6 +36,7 @@ from broker.bootstrap import first_admin
 from broker.config import Settings
 from broker.context import Broker
 from broker.expiry import run_maintenance
+from ztb.wgkeys import key_pair
 
 from .postgres_server import PostgresServer
 
@@ -56,17 +54,6 @@ class FakeClock:
 
     def advance(self, seconds: float) -> None:
         self.now += timedelta(seconds=seconds)
-
-
-def keypair() -> tuple[str, str]:
-    private = X25519PrivateKey.generate()
-    raw = private.private_bytes(
-        serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
-    )
-    public = private.public_key().public_bytes(
-        serialization.Encoding.Raw, serialization.PublicFormat.Raw
-    )
-    return base64.b64encode(raw).decode(), base64.b64encode(public).decode()
 
 
 def bearer(token: str) -> dict[str, str]:
@@ -166,7 +153,7 @@ class Harness:
 
     async def enroll(self, admin: str, home: str, endpoint: str) -> AgentCert:
         minted = await self.ok("POST", f"/v1/homes/{home}/enroll-token", admin, json={})
-        _, public = keypair()
+        _, public = key_pair()
         body = {
             "token": minted["token"],
             "csr_pem": csr(),

@@ -21,8 +21,9 @@ from broker import pki
 from broker.cli.server import _tls_names
 from broker.cli.server import app as server_app
 from broker.db.models import AgentCertificate, AuditEvent, EnrollmentToken
+from ztb.wgkeys import key_pair
 
-from .broker_harness import AgentCert, Harness, anyio_backend, csr, harness, keypair
+from .broker_harness import AgentCert, Harness, anyio_backend, csr, harness
 
 __all__ = ["anyio_backend", "harness"]
 pytestmark = pytest.mark.anyio
@@ -33,7 +34,7 @@ def enrollment(token: str, csr_pem: str) -> dict[str, object]:
     return {
         "token": token,
         "csr_pem": csr_pem,
-        "wg_public_key": keypair()[1],
+        "wg_public_key": key_pair()[1],
         "interface": "ztb0",
         "listen_port": 51820,
         "endpoint": "203.0.113.10:51820",

@@ -15,6 +15,7 @@ from broker.context import Broker
 from broker.db.models import AuditEvent
 from broker.expiry import run_maintenance
 from netpolicy import DesiredState
+from ztb.wgkeys import key_pair
 
 from .broker_harness import (
     BOTH_DATABASES,
@@ -23,7 +24,6 @@ from .broker_harness import (
     anyio_backend,
     bearer,
     harness,
-    keypair,
     presenting,
 )
 
@@ -35,7 +35,7 @@ pytestmark = pytest.mark.anyio
 async def test_full_lifecycle_with_technician_key(harness: Harness) -> None:
     h = harness
     w = await h.world()
-    _, public = keypair()
+    _, public = key_pair()
     session = await h.request(
         w.tech_a, "ann-house", ["thermostat:tcp/443"], 1800, public_key=public
     )

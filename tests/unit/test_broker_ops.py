@@ -19,7 +19,9 @@ from typing import Any
 import pyotp
 import pytest
 
-from .broker_harness import Harness, anyio_backend, harness, keypair
+from ztb.wgkeys import key_pair
+
+from .broker_harness import Harness, anyio_backend, harness
 
 __all__ = ["anyio_backend", "harness"]
 pytestmark = pytest.mark.anyio
@@ -222,7 +224,7 @@ async def test_request_approve_config_throughput(harness: Harness) -> None:
     await h.ok("PUT", f"/v1/homes/{w.home_a}/policy", w.owner_a, json={"max_duration_s": 3600})
     rounds, started = 0, time.perf_counter()
     while rounds < ROUNDS and time.perf_counter() - started < 60:
-        _, public = keypair()
+        _, public = key_pair()
         sid = (await h.request(w.tech_a, "ann-house", ["tv:tcp/443"], public_key=public))["id"]
         await h.ok("POST", f"/v1/sessions/{sid}/approve", w.owner_a)
         config = await h.call("GET", f"/v1/sessions/{sid}/wg-quick", w.tech_a)

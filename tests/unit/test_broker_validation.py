@@ -9,8 +9,9 @@ import pytest
 from sqlalchemy import func, select
 
 from broker.db.models import AccessSession, AuditEvent, Device, Home
+from ztb.wgkeys import key_pair
 
-from .broker_harness import Harness, anyio_backend, csr, harness, keypair
+from .broker_harness import Harness, anyio_backend, csr, harness
 
 __all__ = ["anyio_backend", "harness"]
 pytestmark = pytest.mark.anyio
@@ -182,7 +183,7 @@ async def test_bad_decisions_are_refused_and_change_nothing(harness: Harness) ->
 async def test_same_public_key_twice_in_one_home_is_refused(harness: Harness) -> None:
     h = harness
     w = await h.world()
-    _, public = keypair()
+    _, public = key_pair()
     one = (await h.request(w.tech_a, "ann-house", ["tv:tcp/443"], public_key=public))["id"]
     two = (await h.request(w.tech_a, "ann-house", ["tv:tcp/443"], public_key=public))["id"]
     await h.ok("POST", f"/v1/sessions/{one}/approve", w.owner_a)
@@ -260,7 +261,7 @@ async def test_enrollment_token_cannot_be_replayed(harness: Harness) -> None:
     h = harness
     w = await h.world()
     minted = await h.ok("POST", f"/v1/homes/{w.home_a}/enroll-token", w.admin, json={"ttl_s": 600})
-    _, public = keypair()
+    _, public = key_pair()
     body = {
         "token": minted["token"],
         "csr_pem": csr(),

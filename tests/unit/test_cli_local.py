@@ -13,6 +13,7 @@ import pytest
 
 from broker.cli import sessions
 from broker.cli.common import clock, table
+from ztb import wgkeys
 from ztb.cli import main
 
 
@@ -95,9 +96,9 @@ def test_missing_ca_cert_file_is_named(capsys: pytest.CaptureFixture[str], tmp_p
 
 
 def test_key_pair_matches_wg_pubkey() -> None:
-    private, public = sessions.key_pair()
+    private, public = wgkeys.key_pair()
     assert len(private) == 44 and len(public) == 44
-    assert sessions.key_pair(private) == (private, public)
+    assert wgkeys.key_pair(private) == (private, public)
     wg = shutil.which("wg")
     if wg is None:
         pytest.skip("wg not installed: cannot cross-check the public key")
@@ -184,7 +185,7 @@ def test_key_pair_falls_back_to_the_wg_tool(monkeypatch: pytest.MonkeyPatch) -> 
     """A bare install has neither cryptography nor wireguard_tools, but has wg."""
     if shutil.which("wg") is None:
         pytest.skip("wg not installed")
-    private, public = sessions.key_pair()
+    private, public = wgkeys.key_pair()
     blocked = (
         "cryptography.hazmat.primitives.asymmetric.x25519",
         "wireguard_tools",
@@ -192,9 +193,9 @@ def test_key_pair_falls_back_to_the_wg_tool(monkeypatch: pytest.MonkeyPatch) -> 
     )
     for module in blocked:
         monkeypatch.setitem(sys.modules, module, None)  # makes the import fail
-    assert sessions.key_pair(private) == (private, public)
-    made_private, made_public = sessions.key_pair()
+    assert wgkeys.key_pair(private) == (private, public)
+    made_private, made_public = wgkeys.key_pair()
     assert made_private != private and len(made_public) == 44
     monkeypatch.setenv("PATH", "/nonexistent")
     with pytest.raises(RuntimeError, match="--no-local-key"):
-        sessions.key_pair()
+        wgkeys.key_pair()

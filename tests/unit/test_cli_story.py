@@ -32,10 +32,10 @@ from agent.broker_client import pinned_ssl_context
 from agent.enroll import new_tls_key_and_csr
 from broker.app import create_app
 from broker.bootstrap import bootstrap
-from broker.cli.sessions import key_pair
 from broker.config import Settings
 from broker.tls_server import https_config
 from ztb.cli import main
+from ztb.wgkeys import key_pair
 
 STARTUP_TIMEOUT_S = 10.0
 
