@@ -99,9 +99,11 @@ def request_and_approve(plot: Plot) -> None:
     opening = approve_and_connect(broker, owner, tech, techns, session_id, target)
     story.measurements["approve_to_connect_s"] = opening.connected
     story.measurements["approval_to_connect_s"] = opening.after_approval
+    # The bound starts when the broker has the approval: before that is the homeowner's
+    # CLI starting up (0.3-1 s of Python on a loaded machine), not the system's latency.
     story.check(
-        opening.connected <= APPROVE_BOUND_S,
-        f"{describe(opening)}; bound {APPROVE_BOUND_S:.0f} s",
+        opening.after_approval <= APPROVE_BOUND_S,
+        f"{describe(opening)}; approval->connect bound {APPROVE_BOUND_S:.0f} s",
     )
     state = broker.ztb_json(owner, "session", "show", session_id)["state"]
     story.check(state == "active", f"the agent reported it applied: session {state}")
