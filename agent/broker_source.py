@@ -83,16 +83,29 @@ def renew_in_child(state_dir: Path, failures: int) -> RenewalOutcome:
         )
 
 
+_ELEMENT_FIELDS = ("session_id", "device_ip", "proto", "ports", "packets", "bytes")
+
+
+def _element_key(row: dict[str, Any]) -> tuple[Any, ...]:
+    return row["session_id"], row["device_ip"], row["proto"], row["ports"]
+
+
 def broker_report(status: dict[str, Any]) -> dict[str, Any] | None:
     """The ``POST /v1/agent/report`` body for an agent status (None before any apply).
 
-    A status without counters (right after an apply) reports only the revision: empty
-    lists leave the broker's counters and handshakes as they are.
+    A status without counters (right after an apply) reports only the revision and the
+    final counters of elements that just went (marked ``"final": true``): the broker
+    updates the counters listed and leaves the others, and its handshakes, as they are.
     """
     revision = status.get("revision")
     if revision is None:
         return None
-    payload: dict[str, Any] = {"revision": revision, "peers": [], "elements": []}
+    finals = [
+        {**{k: e[k] for k in _ELEMENT_FIELDS}, "final": True}
+        for e in status.get("finals", ())
+        if e["session_id"] is not None
+    ]
+    payload: dict[str, Any] = {"revision": revision, "peers": [], "elements": finals}
     if status.get("counters"):
         payload["peers"] = [
             {
@@ -104,12 +117,24 @@ def broker_report(status: dict[str, Any]) -> dict[str, Any] | None:
             for p in status["peers"]
             if p["session_id"] is not None
         ]
-        payload["elements"] = [
-            {k: e[k] for k in ("session_id", "device_ip", "proto", "ports", "packets", "bytes")}
+        payload["elements"] += [
+            {k: e[k] for k in _ELEMENT_FIELDS}
             for e in status["elements"]
             if e["session_id"] is not None
         ]
     return payload
+
+
+def carry_finals(older: dict[str, Any], newer: dict[str, Any]) -> dict[str, Any]:
+    """``newer`` plus the final counters of ``older`` it does not have.
+
+    Only the newest waiting report is sent, but final counters are read once: the kernel
+    has deleted their elements, so dropping them would lose them for good. They go first,
+    so a fresher row for the same element in ``newer`` wins at the broker.
+    """
+    have = {_element_key(e) for e in newer["elements"]}
+    carried = [e for e in older["elements"] if e.get("final") and _element_key(e) not in have]
+    return {**newer, "elements": carried + newer["elements"]} if carried else newer
 
 
 def _utcnow() -> datetime:
@@ -164,12 +189,13 @@ class BrokerSource:
         return delivery
 
     def report(self, status: dict[str, Any]) -> None:
-        """Queue a report; only the newest waiting one is sent."""
+        """Queue a report; only the newest waiting one is sent (with older final counters)."""
         payload = broker_report(status)
         if payload is None:
             return
         with self._changed:
-            self._payload = payload
+            waiting = self._payload
+            self._payload = payload if waiting is None else carry_finals(waiting, payload)
             self._changed.notify_all()
 
     # ------------------------------------------------------------------- network side
@@ -218,8 +244,8 @@ class BrokerSource:
             return None
         except _NETWORK_ERRORS as exc:
             with self._changed:
-                if self._payload is None:  # keep it unless a newer one is waiting
-                    self._payload = payload
+                waiting = self._payload  # keep it, or its final counters if a newer one waits
+                self._payload = payload if waiting is None else carry_finals(payload, waiting)
             self._report_failures += 1
             delay = backoff_delay(self._report_failures - 1, self._rand)
             log_event("broker_report_failed", error=exc, retry_in=round(delay, 1))

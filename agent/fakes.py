@@ -1,8 +1,9 @@
 """In-memory WireGuard and nftables backends for unit tests of reconcile logic.
 
 They keep the behaviour reconcile depends on: nft documents are atomic, deleting a
-missing element fails the whole document, elements expire on an injected clock, and
-``state_text`` prints the resulting "kernel" as sorted lines for golden comparisons.
+missing element fails the whole document, elements expire on an injected clock, reading
+elements skips the ones gone, and ``state_text`` prints the resulting "kernel" as sorted
+lines for golden comparisons. ``count`` stands in for traffic hitting an element.
 """
 
 from __future__ import annotations
@@ -11,11 +12,11 @@ import copy
 import json
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from netpolicy.nft import FAMILY, TABLE, Command
+from netpolicy.nft import FAMILY, TABLE, Command, ElementKey, KernelElement
 
 from .nft_backend import Listing, NftError
 from .wg_backend import PeerState, canonical_ips
@@ -86,6 +87,8 @@ class FakeNftables:
         self.table: _Table | None = None
         self.transactions: list[list[Command]] = []
         self.fail_next: str | None = None
+        self.reads: list[list[ElementKey]] = []
+        self.fail_reads: Exception | None = None
 
     def _expire(self) -> None:
         if self.table is None:
@@ -141,6 +144,31 @@ class FakeNftables:
                 elements.setdefault(_element_id(value), _Element(value, timeout, expires_at))
             elif elements.pop(_element_id(item), None) is None:
                 raise NftError("nft: Error: Could not process rule: No such file or directory")
+
+    def _find(self, key: ElementKey) -> _Element | None:
+        elements = self.table.sets.get(key.set_name, {}) if self.table else {}
+        return elements.get(_element_id(key.value()))
+
+    def count(self, key: ElementKey, packets: int, octets: int) -> None:
+        """Traffic matched ``key``: its counters grow, as the kernel's would."""
+        self._expire()
+        element = self._find(key)
+        assert element is not None, f"no element {key}"
+        element.packets += packets
+        element.bytes += octets
+
+    def read_elements(self, keys: Collection[ElementKey]) -> dict[ElementKey, KernelElement]:
+        self.reads.append(sorted(keys))
+        if self.fail_reads is not None:
+            raise self.fail_reads
+        self._expire()
+        now, found = self._clock(), {}
+        for key in keys:
+            element = self._find(key)
+            if element is not None:
+                expires = math.floor(element.expires_at - now)
+                found[key] = KernelElement(expires, element.packets, element.bytes)
+        return found
 
     def list_table(self) -> Listing:
         self._expire()

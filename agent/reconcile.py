@@ -12,6 +12,23 @@ Order matters only for safety: elements are added before peers, so after a crash
 without elements can only mean its elements expired or were deleted, and the restart
 treats that session as over. On removal the nft transaction (deleting elements) also runs
 before peers are removed.
+
+Deleting an element deletes its counters, so the last traffic of a session would never be
+reported. Final counters are therefore read just before they go (``take_final_counters``
+hands them to the report):
+
+- Revoke, or any removal from the document: right before the transaction that deletes
+  them, the leaving elements' counters are read (one netlink round trip for those keys,
+  ~0.2 ms whatever the set size). A failed or partial read is logged and skipped; it never
+  stops the delete.
+- Expiry: the kernel removes elements on its own at their timeout, which is the session's
+  lifetime rounded down to whole seconds, so it falls in the session's last second. The
+  expiry timer deletes the elements when under one second is left, normally just before
+  the kernel does, and reads them like a revoke. As a fallback for a late loop, each
+  session's counters are also read ``EXPIRY_READ_LEAD_S`` before its kernel timeout
+  (``read_expiring_counters``). Blind spot: if the kernel's timeout wins the race (the loop
+  was late, or the agent was down), traffic after that earlier read, at most the last
+  ~1.5 s, is never counted, and nothing at all is read while the agent is down.
 """
 
 from __future__ import annotations
@@ -44,6 +61,9 @@ Clock = Callable[[], float]
 # An element can expire between listing and deleting it, failing the whole (atomic)
 # transaction; one retry on a fresh listing settles that race.
 _NFT_ATTEMPTS = 2
+# How long before an element's kernel timeout its counters are read, in case the kernel
+# removes it before the expiry timer does.
+EXPIRY_READ_LEAD_S = 1.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,6 +186,13 @@ def _ports(key: ElementKey) -> str:
     return str(key.first) if key.first == key.last else f"{key.first}-{key.last}"
 
 
+def _by_tunnel(*documents: DesiredState | None) -> dict[str, str]:
+    """Tunnel address -> session id; a later document's sessions win."""
+    return {
+        ip: s.session_id for d in documents if d for s in d.sessions for ip in _session_tunnels(s)
+    }
+
+
 class Agent:
     """The data plane of one home router: one interface, one ``table inet ztb``."""
 
@@ -187,6 +214,9 @@ class Agent:
         self._desired: DesiredState | None = None
         self._received_at = 0.0
         self._next_expiry: float | None = None
+        self._finals: dict[ElementKey, tuple[str, KernelElement]] = {}  # not yet reported
+        self._expiry_reads: dict[str, float] = {}  # session id -> kernel expiry it was read for
+        self._next_read: float | None = None
 
     @property
     def desired(self) -> DesiredState | None:
@@ -223,8 +253,7 @@ class Agent:
         kernel, plan, deadlines = self._write_elements(desired, received, now)
         self._lifetimes.commit(desired.revision, deadlines)
         self._desired, self._received_at = desired, received
-        due = [deadlines[sid] - 1.0 for sid, entry in kernel.written.items() if entry.live]
-        self._next_expiry = min(due, default=None)
+        self._plan_timers(kernel, deadlines)
         peers_set, peers_removed = self._write_peers(kernel, plan)
         return ApplyResult(
             desired.revision, len(plan.diff.add), len(plan.diff.delete), peers_set, peers_removed
@@ -258,6 +287,7 @@ class Agent:
             if not self._skeleton_ready or not kernel.has_table:
                 commands += table_commands(self.interface.name)
             commands += diff_commands(plan.diff)
+            self._read_leaving(plan, desired)
             try:
                 self.nft.run(commands)
             except NftError as exc:
@@ -363,6 +393,102 @@ class Agent:
             kernel.peers[peer.public_key] = peer
         return len(changed), len(stale)
 
+    def _read_leaving(self, plan: _Plan, desired: DesiredState) -> None:
+        """Final counters of the elements this transaction deletes for good (not re-added).
+
+        Owners come from the model's entries of the sessions in the plan, so the cost
+        follows the leaving elements; right after a listing the model knows no sessions
+        and the (already O(everything)) full plan goes by tunnel address instead.
+        """
+        leaving = [key for key in plan.diff.delete if key not in plan.diff.add]
+        if not leaving:
+            return
+        if plan.full:
+            tunnels = _by_tunnel(desired, self._desired)  # the older document wrote them
+            owners = {key: tunnels[key.tunnel_ip] for key in leaving if key.tunnel_ip in tunnels}
+        else:
+            owners = {key: w.session.session_id for w in plan.before for key in w.keys}
+        self._capture({key: owners[key] for key in leaving if key in owners})
+
+    def _capture(self, owned: Mapping[ElementKey, str]) -> None:
+        """Read ``owned`` elements' counters into the finals; a failure only costs the read."""
+        if not owned:
+            return
+        started = time.perf_counter()
+        try:
+            read = self.nft.read_elements(list(owned))
+        except Exception as exc:  # whatever the read hit, the delete goes on
+            log_event("final_counters_failed", elements=len(owned), error=exc)
+            return
+        for key, element in read.items():
+            self._finals[key] = (owned[key], element)
+        log_event(
+            "final_counters",
+            elements=len(owned),
+            read=len(read),
+            ms=round((time.perf_counter() - started) * 1000, 2),
+        )
+
+    def _plan_timers(self, kernel: _KernelModel, deadlines: Mapping[str, float] | None) -> None:
+        """When the next live session ends and when the next one's counters must be read.
+
+        One pass over the sessions; ``deadlines`` None keeps the expiry timer as it is.
+        """
+        ends: list[float] = []
+        reads_due: list[float] = []
+        reads: dict[str, float] = {}
+        for sid, entry in kernel.written.items():
+            if not entry.live:
+                continue
+            if deadlines is not None:
+                ends.append(deadlines[sid] - 1.0)
+            if self._expiry_reads.get(sid) == entry.expires_at:
+                reads[sid] = entry.expires_at
+            else:
+                reads_due.append(entry.expires_at - EXPIRY_READ_LEAD_S)
+        if deadlines is not None:
+            self._next_expiry = min(ends, default=None)
+        self._expiry_reads, self._next_read = reads, min(reads_due, default=None)
+
+    def next_counter_read(self) -> float | None:
+        """When ``read_expiring_counters`` has work: a live session nears its kernel timeout."""
+        return self._next_read
+
+    def read_expiring_counters(self) -> int:
+        """Read the counters of sessions whose elements expire within ``EXPIRY_READ_LEAD_S``.
+
+        Cost follows those sessions' elements; returns how many elements were asked for.
+        """
+        kernel, now = self._kernel, self._clock()
+        if kernel is None or self._next_read is None or now < self._next_read:
+            return 0
+        owned: dict[ElementKey, str] = {}
+        for sid, entry in kernel.written.items():
+            due = entry.expires_at - EXPIRY_READ_LEAD_S <= now
+            if entry.live and due and self._expiry_reads.get(sid) != entry.expires_at:
+                self._expiry_reads[sid] = entry.expires_at
+                owned.update((k, sid) for k in entry.keys if kernel.elements.get(k, now) > now)
+        self._capture(owned)
+        self._plan_timers(kernel, None)
+        return len(owned)
+
+    def take_final_counters(self) -> list[dict[str, Any]]:
+        """Counters read just before their elements went, once each, for the next report."""
+        finals, self._finals = self._finals, {}
+        return [
+            {
+                "session_id": sid,
+                "tunnel_ip": key.tunnel_ip,
+                "device_ip": key.device_ip,
+                "proto": key.proto,
+                "ports": _ports(key),
+                "packets": element.packets,
+                "bytes": element.bytes,
+                "final": True,
+            }
+            for key, (sid, element) in sorted(finals.items())
+        ]
+
     def next_expiry(self) -> float | None:
         """When the next live session drops under one second left (its end, rounded down)."""
         return self._next_expiry
@@ -375,8 +501,7 @@ class Agent:
 
     def _session_ids(self) -> tuple[dict[str, str], dict[str, str]]:
         sessions = self._desired.sessions if self._desired else ()
-        by_tunnel = {ip: s.session_id for s in sessions for ip in _session_tunnels(s)}
-        return by_tunnel, {s.public_key: s.session_id for s in sessions}
+        return _by_tunnel(self._desired), {s.public_key: s.session_id for s in sessions}
 
     def status(self) -> dict[str, Any]:
         """What the agent believes the kernel holds, from its model: no kernel read.

@@ -6,7 +6,11 @@ apply is retried after a back-off, and a bad document never replaces the last go
 
 Applies trust the agent's model of the kernel; the kernel itself is read only on the
 resync (every ``resync_interval``, which also repairs drift) and for the report (every
-``report_interval``, the only reader of per-element counters and peer handshakes).
+``report_interval``, the only reader of all per-element counters and peer handshakes).
+
+The counters of a session that leaves (revoke, expiry) are read just before its elements go
+and are reported at once, not at the next report interval, so the homeowner's report is
+complete within a second or two of the end.
 """
 
 from __future__ import annotations
@@ -30,8 +34,9 @@ from .wg_backend import WireGuardError
 
 _RETRY_S = 1.0
 _APPLY_ERRORS = (NftError, WireGuardError, OSError, subprocess.TimeoutExpired)
-# Receives ``{"revision", "counters": False}`` after each new document (enough to say
-# "applied"), and every report interval the full status with the kernel's counters.
+# Receives ``{"revision", "counters": False, "finals": [...]}`` after each new document
+# (enough to say "applied") and whenever sessions' final counters were read, and every
+# report interval the full status with the kernel's counters.
 Reporter = Callable[[dict[str, Any]], None]
 
 
@@ -79,9 +84,9 @@ class Runner:
 
     def _wait(self, now: float) -> float:
         wait = self.poll_interval
-        expiry = self.agent.next_expiry()
-        if expiry is not None:
-            wait = min(wait, max(0.0, expiry - now))
+        for timer in (self.agent.next_expiry(), self.agent.next_counter_read()):
+            if timer is not None:
+                wait = min(wait, max(0.0, timer - now))
         return wait
 
     def step(self) -> None:
@@ -101,6 +106,8 @@ class Runner:
         reason = self._due(now)
         if reason is not None:
             self._apply(reason, now)
+        if self.agent.read_expiring_counters():  # only when one is due
+            self._report_finals(always=False)
         if self._report_due(now):
             self.report(now)
 
@@ -139,9 +146,16 @@ class Runner:
             )
         if self.status_file is not None:
             self._write_status(self.agent.status())
-        if reason == "document" and self.reporter is not None:
-            # Just "applied": building every row here would cost O(live grants) per apply.
-            self.reporter({"revision": result.revision, "counters": False})
+        # A new document gets "applied" (building every row here would cost O(live grants)
+        # per apply); the final counters of sessions that just left go with it.
+        self._report_finals(always=reason == "document")
+
+    def _report_finals(self, always: bool) -> None:
+        """Report the revision with the final counters read since the last call, if any."""
+        finals = self.agent.take_final_counters()
+        desired = self.agent.desired
+        if self.reporter is not None and desired is not None and (always or finals):
+            self.reporter({"revision": desired.revision, "counters": False, "finals": finals})
 
     def _report_due(self, now: float) -> bool:
         if self.agent.desired is None:

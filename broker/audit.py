@@ -26,7 +26,7 @@ from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
 from .clock import rfc3339
-from .db.models import AuditCheckpoint, AuditEvent, AuditHead
+from .db.models import AuditCheckpoint, AuditEvent, AuditHead, table_of
 
 GENESIS = "0" * 64
 
@@ -48,14 +48,16 @@ def event_hash(event: AuditEvent) -> str:
     return hashlib.sha256(canonical(body).encode()).hexdigest()
 
 
-# Built once (the cache key is memoized): every state change appends through these.
-_LOCK_HEAD = select(AuditHead.seq, AuditHead.hash).where(AuditHead.id == 1).with_for_update()
+# Core statements on the tables, built once (the cache key is memoized): every state
+# change appends through these, and the ORM's bulk-DML layer would cost more than the SQL.
+_HEAD, _EVENTS = table_of(AuditHead), table_of(AuditEvent)
+_LOCK_HEAD = select(_HEAD.c.seq, _HEAD.c.hash).where(_HEAD.c.id == 1).with_for_update()
 _MOVE_HEAD = (
-    update(AuditHead)
-    .where(AuditHead.id == 1)
+    update(_HEAD)
+    .where(_HEAD.c.id == 1)
     .values(seq=bindparam("new_seq"), hash=bindparam("new_hash"))
 )
-_ADD_EVENT = insert(AuditEvent)
+_ADD_EVENT = insert(_EVENTS)
 
 
 def append(
@@ -63,10 +65,12 @@ def append(
 ) -> AuditEvent:
     """Add one event in the caller's transaction (it commits or rolls back with the change).
 
-    Plain statements rather than ORM objects: the event is written once and never changed,
-    so the unit-of-work bookkeeping would be pure overhead on every state change.
+    Plain statements on the session's connection rather than ORM objects: the event is
+    written once and never changed, so the unit-of-work bookkeeping would be pure overhead
+    on every state change.
     """
-    head = db.execute(_LOCK_HEAD).one()
+    connection = db.connection()
+    head = connection.execute(_LOCK_HEAD).one()
     event = AuditEvent(
         seq=head.seq + 1,
         at=rfc3339(now) or "",
@@ -78,7 +82,7 @@ def append(
         hash="",
     )
     event.hash = event_hash(event)
-    db.execute(
+    connection.execute(
         _ADD_EVENT,
         {
             "seq": event.seq,
@@ -91,7 +95,7 @@ def append(
             "hash": event.hash,
         },
     )
-    db.execute(_MOVE_HEAD, {"new_seq": event.seq, "new_hash": event.hash})
+    connection.execute(_MOVE_HEAD, {"new_seq": event.seq, "new_hash": event.hash})
     return event
 
 

@@ -135,9 +135,9 @@ _TOKEN_OWNER = (
 
 def principal_for_token(broker: Broker, token: str) -> Principal | None:
     """The live token's owner: one indexed read in a read-only transaction (no write lock,
-    no ORM objects), because every API request pays for it."""
-    with broker.read() as db:
-        row = db.execute(_TOKEN_OWNER, {"digest": digest(token)}).first()
+    no ORM), because every API request pays for it."""
+    with broker.read_rows() as connection:
+        row = connection.execute(_TOKEN_OWNER, {"digest": digest(token)}).first()
     if row is None or row.revoked_at is not None:
         return None
     if row.expires_at is not None and row.expires_at <= broker.clock():

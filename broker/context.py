@@ -15,14 +15,14 @@ from datetime import datetime
 from functools import cached_property
 from typing import Any, TypeVar
 
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from . import audit
 from .clock import Clock
 from .config import Settings
-from .db.engine import read_session_factory
+from .db.engine import read_engine, read_session_factory
 from .errors import Denial
 from .metrics import Metrics
 from .notifier import Notifier
@@ -56,6 +56,17 @@ class Broker:
         """One read-only transaction: never takes the SQLite write lock, never writes."""
         with self.read_sessionmaker() as db, db.begin():
             yield db
+
+    @cached_property
+    def _read_engine(self) -> Engine:
+        return read_engine(self.engine)
+
+    @contextmanager
+    def read_rows(self) -> Iterator[Connection]:
+        """``read`` without the ORM, for the lookups every request makes (token, expiry):
+        a plain connection costs a fraction of a ``Session``."""
+        with self._read_engine.connect() as connection, connection.begin():
+            yield connection
 
     @cached_property
     def _sqlite_writer(self) -> threading.Lock | None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, bindparam, exists, or_, select, update
+from sqlalchemy import Connection, and_, bindparam, exists, or_, select, update
 from sqlalchemy.orm import Session
 
 from . import audit
@@ -42,7 +42,9 @@ def _due_params(now: datetime, settings: Settings, **more: str) -> dict[str, Any
     return {"now": now, "stale_request": now - timedelta(seconds=settings.request_ttl_s)} | more
 
 
-def is_overdue(db: Session, now: datetime, settings: Settings, session_id: str) -> bool:
+def is_overdue(
+    db: Session | Connection, now: datetime, settings: Settings, session_id: str
+) -> bool:
     """The session is overdue and not yet ended: a read, for a cheap pre-check."""
     return bool(db.scalar(_IS_OVERDUE, _due_params(now, settings, session_id=session_id)))
 

@@ -14,8 +14,10 @@ from datetime import timedelta
 from ipaddress import IPv4Network, ip_address, ip_network
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
+from sqlalchemy.orm.util import identity_key
 
 from netpolicy import (
     Grant,
@@ -31,7 +33,7 @@ from ztb.wgkeys import key_pair
 
 from .auth import Principal
 from .context import UnitOfWork
-from .db.models import LIVE_STATES, AccessSession, Device, Home
+from .db.models import LIVE_STATES, AccessSession, Device, Home, table_of
 from .errors import denied
 from .ids import new_id
 from .views import session_view
@@ -44,6 +46,27 @@ def home_network(home: Home) -> HomeNetwork:
     )
 
 
+_DEVICES = table_of(Device)
+_HOMES = table_of(Home)
+_SESSIONS = table_of(AccessSession)
+# Core statements built once (their cache keys are memoized): the hot path of every
+# request, approval and ending pays for the SQL only, not for building it or for the ORM.
+_DEVICE_ADDRESSES = select(_DEVICES.c.name, _DEVICES.c.ip).where(
+    _DEVICES.c.home_id == bindparam("home_id"),
+    _DEVICES.c.name.in_(bindparam("names", expanding=True)),
+)
+_BUMP_REVISION = (
+    update(_HOMES)
+    .where(_HOMES.c.id == bindparam("home_id"))
+    .values(revision=_HOMES.c.revision + 1)
+    .returning(_HOMES.c.revision)
+)
+_LOCK_HOME = select(_HOMES.c.id).where(_HOMES.c.id == bindparam("home_id")).with_for_update()
+_LIVE_PEERS = select(_SESSIONS.c.tunnel_ip, _SESSIONS.c.public_key).where(
+    _SESSIONS.c.home_id == bindparam("home_id"), _SESSIONS.c.state.in_(LIVE_STATES)
+)
+
+
 def resolve_grants(
     db: Session, home: Home, texts: Sequence[str]
 ) -> tuple[list[GrantSpec], list[Grant]]:
@@ -51,14 +74,17 @@ def resolve_grants(
     if not texts:
         raise PolicyError("a request needs at least one grant")
     specs = [GrantSpec.parse(text) for text in texts]
-    devices = {d.name: d for d in db.scalars(select(Device).where(Device.home_id == home.id))}
+    rows = db.connection().execute(
+        _DEVICE_ADDRESSES, {"home_id": home.id, "names": sorted({s.device for s in specs})}
+    )
+    addresses = {row.name: row.ip for row in rows}
     network = home_network(home)
     grants = []
     for spec in specs:
-        device = devices.get(spec.device)
-        if device is None:
+        ip = addresses.get(spec.device)
+        if ip is None:
             raise PolicyError(f"unknown device {spec.device!r} in this home")
-        grant = Grant(ip_address(device.ip), spec.proto, spec.ports, device=device.name)
+        grant = Grant(ip_address(ip), spec.proto, spec.ports, device=spec.device)
         grants.append(network.validate_grant(grant))
     return specs, grants
 
@@ -85,14 +111,12 @@ def emit(uow: UnitOfWork, home: Home, event: str, session: AccessSession) -> Non
 
 def bump_revision(uow: UnitOfWork, home_id: str) -> int:
     """Atomic ``revision = revision + 1`` (no lost update between replicas)."""
-    revision = uow.db.execute(
-        update(Home)
-        .where(Home.id == home_id)
-        .values(revision=Home.revision + 1)
-        .returning(Home.revision)
-    ).scalar_one()
+    revision = int(uow.db.connection().execute(_BUMP_REVISION, {"home_id": home_id}).scalar_one())
+    home = uow.db.identity_map.get(identity_key(Home, home_id))
+    if home is not None:  # keep a loaded row true without marking it changed
+        set_committed_value(home, "revision", revision)
     uow.wake_agents(home_id)
-    return int(revision)
+    return revision
 
 
 def request_session(
@@ -139,24 +163,23 @@ def request_session(
     return session
 
 
-def _allocate_tunnel_ip(db: Session, home: Home) -> str:
+def _allocate_tunnel_ip(db: Session, home: Home, public_key: str) -> str:
     """Lowest free host of the pool; the first host is the router's own tunnel address.
+    Refuses a public key that another live session of the home already uses.
 
     Approvals in one home take turns on the home's row lock (PostgreSQL; on SQLite the
     database lock already orders writers), so they do not all pick the same address and
     fail together. Should two still collide on ``uq_live_tunnel_ip``, the loser's
     transaction is retried (``Broker.run``) and sees the winner's address as taken.
     """
-    db.execute(select(Home.id).where(Home.id == home.id).with_for_update())
+    connection = db.connection()
+    connection.execute(_LOCK_HOME, {"home_id": home.id})
+    peers = connection.execute(_LIVE_PEERS, {"home_id": home.id}).all()
+    if any(peer.public_key == public_key for peer in peers):
+        raise PolicyError("this public key is already used by another live session of the home")
+    taken = {peer.tunnel_ip for peer in peers}
     pool = ip_network(home.tunnel_pool)
     assert isinstance(pool, IPv4Network)
-    taken = set(
-        db.scalars(
-            select(AccessSession.tunnel_ip).where(
-                AccessSession.home_id == home.id, AccessSession.state.in_(LIVE_STATES)
-            )
-        )
-    )
     hosts = pool.hosts()
     next(hosts)
     for host in hosts:
@@ -171,16 +194,7 @@ def _approve_new(
     db = uow.db
     if session.public_key is None:
         session.private_key_once, session.public_key = key_pair()
-    clash = db.scalars(
-        select(AccessSession.id).where(
-            AccessSession.home_id == home.id,
-            AccessSession.state.in_(LIVE_STATES),
-            AccessSession.public_key == session.public_key,
-        )
-    ).first()
-    if clash is not None:
-        raise PolicyError("this public key is already used by another live session of the home")
-    session.tunnel_ip = _allocate_tunnel_ip(db, home)
+    session.tunnel_ip = _allocate_tunnel_ip(db, home, session.public_key)
     session.preshared_key = base64.b64encode(os.urandom(32)).decode()
     session.state = "approved"
     session.approved_at = uow.now

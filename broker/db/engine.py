@@ -82,13 +82,19 @@ def _refuse_writes(session: Session, _context: Any, _instances: Any) -> None:
         raise RuntimeError("a read-only database session tried to write")
 
 
-def read_session_factory(engine: Engine) -> sessionmaker[Session]:
-    """Sessions for work that only reads: no write lock on SQLite, ``READ ONLY`` on
-    PostgreSQL; flushing a change raises instead of upgrading the transaction."""
+def read_engine(engine: Engine) -> Engine:
+    """The same pool, for transactions that only read: no write lock on SQLite (plain
+    ``BEGIN``), ``READ ONLY`` on PostgreSQL."""
     options: dict[str, Any] = {READ_ONLY: True}
     if engine.dialect.name == "postgresql":
         options["postgresql_readonly"] = True
-    factory = sessionmaker(engine.execution_options(**options), expire_on_commit=False)
+    return engine.execution_options(**options)
+
+
+def read_session_factory(engine: Engine) -> sessionmaker[Session]:
+    """Sessions for work that only reads (``read_engine``); flushing a change raises
+    instead of upgrading the transaction."""
+    factory = sessionmaker(read_engine(engine), expire_on_commit=False)
     event.listen(factory, "before_flush", _refuse_writes)
     return factory
 

@@ -34,8 +34,8 @@ def _expire_if_due(broker: Broker, session_id: str) -> None:
     """Decisions on an overdue session see it ended, even before the periodic job ran.
 
     A cheap read first: only an overdue session costs a write transaction."""
-    with broker.read() as db:
-        due = expiry.is_overdue(db, broker.clock(), broker.settings, session_id)
+    with broker.read_rows() as connection:
+        due = expiry.is_overdue(connection, broker.clock(), broker.settings, session_id)
     if due:
         broker.run(lambda uow: expiry.expire_session_if_due(uow, session_id))
 

@@ -52,6 +52,10 @@ class Opening:
     tunnel_up: float
     connected: float
 
+    @property
+    def total(self) -> float:
+        return self.connected
+
 
 @dataclass(frozen=True, slots=True)
 class Closing:
@@ -64,6 +68,10 @@ class Closing:
     first_drop: float  # send time of the first datagram that did not
     sent: int
     arrived: int
+
+    @property
+    def total(self) -> float:
+        return self.first_drop
 
 
 @dataclass(slots=True)

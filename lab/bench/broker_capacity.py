@@ -27,7 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -174,6 +174,10 @@ class Server:
     def pid(self) -> int:
         return self.process.pid
 
+    @property
+    def port(self) -> int:
+        return int(self.base_url.rsplit(":", 1)[1])
+
 
 @contextlib.contextmanager
 def _served(settings: Settings, *, tls: bool) -> Iterator[Server]:
@@ -257,17 +261,58 @@ class _Run:
         self.latencies.setdefault(step, []).append(seconds * 1000)
 
 
-async def _timed(run: _Run, step: str, client: httpx.AsyncClient, *args: Any, **kw: Any) -> Any:
+# One call of the lifecycle: (method, path, bearer token, JSON body) -> (status, body).
+Call = Callable[[str, str, str, Any], Awaitable[tuple[int, bytes]]]
+
+
+def _asgi_call(client: httpx.AsyncClient) -> Call:
+    async def call(method: str, path: str, token: str, body: Any) -> tuple[int, bytes]:
+        response = await client.request(method, path, headers=_bearer(token), json=body)
+        return response.status_code, response.content
+
+    return call
+
+
+class _Connection:
+    """One kept-alive HTTP/1.1 connection with a minimal client: httpx costs ~2 ms of CPU
+    per request, so with it the load generator, not the broker, would fill the machine."""
+
+    def __init__(self, port: int, tls: ssl.SSLContext | None) -> None:
+        self.port, self.tls = port, tls
+        self.streams: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+
+    async def __call__(self, method: str, path: str, token: str, body: Any) -> tuple[int, bytes]:
+        if self.streams is None:
+            self.streams = await asyncio.open_connection(
+                "127.0.0.1",
+                self.port,
+                ssl=self.tls,
+                server_hostname="127.0.0.1" if self.tls else None,
+            )
+        payload = b"" if body is None else json.dumps(body).encode()
+        head = f"Authorization: Bearer {token}\r\n"
+        if body is not None:
+            head += f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n"
+        return await _http_request(*self.streams, f"{method} {path}", head, payload)
+
+    async def close(self) -> None:
+        if self.streams is not None:
+            self.streams[1].close()
+            with contextlib.suppress(OSError, ssl.SSLError):
+                await self.streams[1].wait_closed()
+
+
+async def _timed(run: _Run, step: str, call: Call, *args: Any) -> bytes:
     started = time.perf_counter()
-    response = await client.request(*args, **kw)
+    status, body = await call(*args)
     run.note(step, time.perf_counter() - started)
-    if response.status_code >= 300:
-        raise RuntimeError(f"{step}: {response.status_code} {response.text[:200]}")
-    return response
+    if status >= 300:
+        raise RuntimeError(f"{step}: {status} {body[:200]!r}")
+    return body
 
 
-async def _lifecycles(client: httpx.AsyncClient, tenant: Tenant, run: _Run) -> None:
-    tech, owner = _bearer(tenant.technician), _bearer(tenant.owner)
+async def _lifecycles(call: Call, tenant: Tenant, run: _Run) -> None:
+    tech, owner = tenant.technician, tenant.owner
     while run.left > 0 and time.monotonic() < run.deadline:
         run.left -= 1
         body = {
@@ -277,22 +322,20 @@ async def _lifecycles(client: httpx.AsyncClient, tenant: Tenant, run: _Run) -> N
             "reason": "capacity",
             "public_key": _public_key(),
         }
-        created = await _timed(
-            run, "request", client, "POST", "/v1/sessions", json=body, headers=tech
-        )
-        path = f"/v1/sessions/{created.json()['id']}"
-        await _timed(run, "approve", client, "POST", f"{path}/approve", headers=owner)
-        await _timed(run, "config", client, "GET", f"{path}/wg-quick", headers=tech)
-        await _timed(run, "revoke", client, "POST", f"{path}/revoke", headers=tech)
+        created = await _timed(run, "request", call, "POST", "/v1/sessions", tech, body)
+        path = f"/v1/sessions/{json.loads(created)['id']}"
+        await _timed(run, "approve", call, "POST", f"{path}/approve", owner, None)
+        await _timed(run, "config", call, "GET", f"{path}/wg-quick", tech, None)
+        await _timed(run, "revoke", call, "POST", f"{path}/revoke", tech, None)
         run.done += 1
 
 
-async def _drive(
-    client: httpx.AsyncClient, tenants: list[Tenant], n: int, limit: float
-) -> dict[str, Any]:
+async def _drive(calls: list[Call], tenants: list[Tenant], n: int, limit: float) -> dict[str, Any]:
     run = _Run(left=n, deadline=time.monotonic() + limit)
     started = time.perf_counter()
-    await asyncio.gather(*(_lifecycles(client, tenant, run) for tenant in tenants))
+    await asyncio.gather(
+        *(_lifecycles(call, tenant, run) for call, tenant in zip(calls, tenants, strict=True))
+    )
     elapsed = time.perf_counter() - started
     steps = {step: _summary(values, 2) for step, values in run.latencies.items()}
     return {
@@ -336,18 +379,20 @@ def lifecycles_per_second(
 
             async def in_process() -> dict[str, Any]:
                 async with _in_process(settings) as client:
-                    return await _drive(client, setup.tenants, n, seconds_limit)
+                    calls = [_asgi_call(client)] * len(setup.tenants)
+                    return await _drive(calls, setup.tenants, n, seconds_limit)
 
             return result | asyncio.run(in_process())
         with _served(settings, tls=mode == "https") as server:
 
             async def over_http() -> dict[str, Any]:
-                limits = httpx.Limits(max_connections=concurrency)
-                verify = _verify(settings) if mode == "https" else False
-                async with httpx.AsyncClient(
-                    base_url=server.base_url, limits=limits, verify=verify, timeout=30
-                ) as client:
-                    return await _drive(client, setup.tenants, n, seconds_limit)
+                tls = _verify(settings) if mode == "https" else None
+                connections = [_Connection(server.port, tls) for _ in setup.tenants]
+                try:
+                    return await _drive(list(connections), setup.tenants, n, seconds_limit)
+                finally:
+                    for connection in connections:
+                        await connection.close()
 
             cpu_before = _cpu_s(server.pid)
             result |= asyncio.run(over_http())
@@ -371,23 +416,29 @@ def _database_label(settings: Settings) -> str:
 # --- fan-out -------------------------------------------------------------------------------
 
 
-async def _http_get(
-    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, path: str
+async def _http_request(
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    request_line: str,
+    headers: str = "",
+    body: bytes = b"",
 ) -> tuple[int, bytes]:
-    """One HTTP/1.1 GET on a kept-alive connection: small and cheap, so 1,000 of them in
-    one process measure the broker, not the client library."""
-    writer.write(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+    """One HTTP/1.1 exchange on a kept-alive connection (``Content-Length`` answers only):
+    small and cheap, so the figures measure the broker, not the client library."""
+    head = f"{request_line} HTTP/1.1\r\nHost: 127.0.0.1\r\n{headers}\r\n"
+    writer.write(head.encode() + body)
     await writer.drain()
-    head = await reader.readuntil(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
+    answer = await reader.readuntil(b"\r\n\r\n")
+    lines = answer.decode("latin-1").split("\r\n")
     status = int(lines[0].split()[1])
     length = 0
     for line in lines[1:]:
         name, _, value = line.partition(":")
         if name.lower() == "content-length":
             length = int(value)
-    body = await reader.readexactly(length) if length else b""
-    return status, body
+        elif name.lower() == "transfer-encoding":
+            raise RuntimeError(f"unexpected Transfer-Encoding: {value.strip()}")
+    return status, (await reader.readexactly(length) if length else b"")
 
 
 async def _agent_longpoll(
@@ -397,13 +448,13 @@ async def _agent_longpoll(
         "127.0.0.1", port, ssl=tls, server_hostname="127.0.0.1"
     )
     try:
-        status, body = await _http_get(reader, writer, "/v1/agent/state?after=-1&wait=0")
+        status, body = await _http_request(reader, writer, "GET /v1/agent/state?after=-1&wait=0")
         if status != 200:
             raise RuntimeError(f"first state fetch: {status} {body[:200]!r}")
         revision = json.loads(body)["revision"]
         ready.append(revision)
         path = f"/v1/agent/state?after={revision}&wait={LONGPOLL_WAIT_S}"
-        status, body = await _http_get(reader, writer, path)
+        status, body = await _http_request(reader, writer, f"GET {path}")
         woken.append(time.perf_counter())
         if status != 200 or json.loads(body)["revision"] <= revision:
             raise RuntimeError(f"long-poll answered {status} without a newer revision")
@@ -484,7 +535,7 @@ async def _fan_out(
     tenant = setup.tenants[0]
     woken: list[float] = []
     ready: list[int] = []
-    port = int(server.base_url.rsplit(":", 1)[1])
+    port = server.port
     async with httpx.AsyncClient(
         base_url=server.base_url, verify=_verify(settings), timeout=30
     ) as client:

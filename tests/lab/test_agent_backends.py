@@ -301,3 +301,149 @@ def test_agent_restart_after_sigkill_reuses_the_tunnel_and_never_extends(
     assert status["sessions"]["s1"]["remaining"] <= 118.5
     assert status["elements"][0]["expires"] <= 118
     assert "event=start" in agent.log.read_text()
+
+
+# ---------------------------------------------------------------- final counters
+# A small forwarding rig: technician ns --veth "zttun"--> router ns (the agent's table)
+# --veth--> LAN ns with the device 192.168.1.10. WireGuard is not under test here (the
+# agent gets the fake); the packets, the nft table, its counters and the reads are real.
+TUNNEL_IF = "zttun"
+
+
+@pytest.fixture
+def rig(ns: str) -> Iterator[dict[str, str]]:
+    tech, lan = f"{ns}-t", f"{ns}-l"
+    try:
+        for name in (tech, lan):
+            subprocess.run(["ip", "netns", "add", name], check=True)
+        veth = ["type", "veth", "peer", "name", "eth0", "netns"]
+        steps = [
+            [ns, "ip", "link", "add", TUNNEL_IF, *veth, tech],
+            [ns, "ip", "link", "add", "lan0", *veth, lan],
+            [ns, "ip", "addr", "add", "100.64.0.1/24", "dev", TUNNEL_IF],
+            [ns, "ip", "addr", "add", "192.168.1.1/24", "dev", "lan0"],
+            [tech, "ip", "addr", "add", "100.64.0.2/24", "dev", "eth0"],
+            [lan, "ip", "addr", "add", "192.168.1.10/24", "dev", "eth0"],
+            *([n, "ip", "link", "set", dev, "up"] for n, dev in [(ns, TUNNEL_IF), (ns, "lan0"),
+              (ns, "lo"), (tech, "eth0"), (tech, "lo"), (lan, "eth0"), (lan, "lo")]),
+            [tech, "ip", "route", "add", "192.168.1.0/24", "via", "100.64.0.1"],
+            [lan, "ip", "route", "add", "100.64.0.0/24", "via", "192.168.1.1"],
+            [ns, "sysctl", "-qw", "net.ipv4.ip_forward=1"],
+        ]  # fmt: skip
+        for step in steps:
+            ns_run(step[0], *step[1:])
+        yield {"router": ns, "tech": tech}
+    finally:
+        for name in (tech, lan):
+            subprocess.run(["ip", "netns", "del", name], check=False, capture_output=True)
+
+
+def knock(tech: str, times: str) -> None:
+    """``times`` TCP connection attempts from the technician to the device's closed port."""
+    code = (
+        "import socket,sys\n"
+        "for _ in range(int(sys.argv[1])):\n"
+        "    try: socket.create_connection(('192.168.1.10', 443), timeout=1).close()\n"
+        "    except OSError: pass\n"
+    )
+    ns_run(tech, sys.executable, "-c", code, times)
+
+
+def kernel_counters() -> dict[str, list[int]]:
+    listing = json.loads(subprocess.run(
+        ["nft", "-j", "list", "table", "inet", "ztb"], capture_output=True, text=True,
+        check=True, timeout=10).stdout)  # fmt: skip
+    return {k.tunnel_ip: [e.packets, e.bytes] for k, e in nft.parse_set_listing(listing).items()}
+
+
+def final_counters_steps(choice: str, tech: str, mode: str, tmp: str) -> dict[str, Any]:
+    """In the router ns: run the loop, knock, then end the session (revoke or expiry)."""
+    import threading
+
+    from agent.broker_source import broker_report
+    from agent.desired_file import DesiredStateFile
+    from agent.fakes import FakeWireGuard
+    from agent.nft_backend import make_nft
+    from agent.reconcile import Agent, InterfaceSpec
+    from agent.runner import Runner
+
+    desired = Path(tmp) / "desired.json"
+    sent: list[dict[str, Any]] = []
+    backend = make_nft(choice)  # type: ignore[arg-type]
+    agent = Agent(FakeWireGuard(), backend, InterfaceSpec(TUNNEL_IF, key(90), 51999))
+    source = DesiredStateFile(desired)
+    runner = Runner(agent, source, threading.Event(), poll_interval=0.02,
+                    reporter=lambda status: sent.append(broker_report(status) or {}))  # fmt: skip
+
+    def step_until(done: Callable[[], bool], seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while not done() and time.monotonic() < deadline:
+            runner.step()
+
+    expires = 3.5 if mode == "expiry" else 600.0
+    desired.write_text(make_state(1, make_session(1, 443, expires_in=expires)).to_json())
+    step_until(lambda: agent.desired is not None, 5)
+    knock(tech, "38")
+    before = kernel_counters()
+    started = time.monotonic()
+    if mode == "revoke":
+        desired.write_text(make_state(2).to_json())
+        step_until(lambda: agent.desired is not None and agent.desired.revision == 2, 5)
+    else:
+        step_until(lambda: agent.next_expiry() is None, 6)
+    finals = [e for report in sent for e in report.get("elements", []) if e.get("final")]
+    return {
+        "before": before,
+        "after": kernel_counters(),
+        "finals": [[e["session_id"], e["ports"], e["packets"], e["bytes"]] for e in finals],
+        "seconds": time.monotonic() - started,
+    }
+
+
+@pytest.mark.parametrize(("choice", "mode"), [("lib", "revoke"), ("binary", "revoke"),
+                                              ("lib", "expiry")])  # fmt: skip
+def test_final_counters_are_read_before_the_elements_go(
+    rig: dict[str, str], choice: str, mode: str, tmp_path: Path
+) -> None:
+    result = ns_call(rig["router"], final_counters_steps, choice, rig["tech"], mode, str(tmp_path))
+    packets, octets = result["before"]["100.64.0.2"]
+    assert packets >= 38  # one SYN per attempt: the device's port is closed (RST)
+    assert result["after"] == {}  # the element is gone, and its counters with it
+    # Reported as final, equal to what the kernel counted before the delete.
+    assert result["finals"][-1] == ["s1", "443", packets, octets]
+    if mode == "expiry":  # read before the kernel timeout, and again by the expiry timer
+        assert len(result["finals"]) == 2 and result["seconds"] < 4
+
+
+def read_exact_keys(choice: str) -> dict[str, Any]:
+    """In the namespace: single, range and IPv6 elements; read them plus keys not there."""
+    from agent.nft_backend import make_nft
+    from netpolicy.nft import ElementDiff, ElementKey
+
+    backend = make_nft(choice)  # type: ignore[arg-type]
+    present = [
+        ElementKey(4, "100.64.0.2", "192.168.1.10", "tcp", 443, 443),
+        ElementKey(4, "100.64.0.2", "192.168.1.10", "udp", 8000, 8100),
+        ElementKey(6, "fd00::2", "fd01::10", "tcp", 22, 22),
+    ]
+    absent = [
+        ElementKey(4, "100.64.0.9", "192.168.1.10", "tcp", 443, 443),
+        ElementKey(4, "100.64.0.2", "192.168.1.10", "udp", 8000, 8050),  # inside the range
+    ]
+    backend.run(nft.table_commands("wgx") + nft.diff_commands(
+        ElementDiff(dict.fromkeys(present, 300), frozenset())))  # fmt: skip
+    read = backend.read_elements([*absent, *present])
+    return {
+        "read": sorted([k.family, k.tunnel_ip, k.first, k.last, e.expires] for k, e in read.items())
+    }
+
+
+@pytest.mark.parametrize("choice", ["lib", "binary"])
+def test_read_elements_returns_exactly_the_keys_the_kernel_holds(ns: str, choice: str) -> None:
+    result = ns_call(ns, read_exact_keys, choice)
+    assert [row[:4] for row in result["read"]] == [
+        [4, "100.64.0.2", 443, 443],
+        [4, "100.64.0.2", 8000, 8100],
+        [6, "fd00::2", 22, 22],
+    ]
+    assert all(298 <= row[4] <= 300 for row in result["read"])
