@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from netpolicy import DesiredState, PolicyError
+from ztb.files import write_atomic
 
 from .desired_file import DesiredStateSource
 from .events import log_event
@@ -38,13 +39,6 @@ _APPLY_ERRORS = (NftError, WireGuardError, OSError, subprocess.TimeoutExpired)
 # (enough to say "applied") and whenever sessions' final counters were read, and every
 # report interval the full status with the kernel's counters.
 Reporter = Callable[[dict[str, Any]], None]
-
-
-def write_json_atomically(path: Path, data: dict[str, Any]) -> None:
-    """Readers see the old file or the new one, never half of one (tmp file + rename)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
-    tmp.replace(path)
 
 
 class Runner:
@@ -179,6 +173,7 @@ class Runner:
             return
         try:
             extra = {"applied_at": self._applied_at, "pid": os.getpid()}
-            write_json_atomically(self.status_file, {**status, **extra})
+            status_json = json.dumps({**status, **extra}, indent=1, sort_keys=True)
+            write_atomic(self.status_file, status_json, 0o644, durable=False)
         except OSError as exc:
             log_event("status_failed", error=exc)

@@ -30,6 +30,7 @@ from wireguard_tools import WireguardKey
 from netpolicy.grants import Grant, GrantSpec
 from netpolicy.model import DesiredState, LiveSession
 from netpolicy.nft import ElementKey, KernelElement, parse_set_listing
+from ztb.files import write_atomic
 
 from . import netns, services, technician, topology
 from .probes import Target
@@ -336,9 +337,7 @@ class Lab:
             network=self.topo.home_network,
             sessions=tuple(sessions),
         )
-        tmp = self.desired_file.with_suffix(".tmp")
-        tmp.write_text(desired.to_json())
-        tmp.replace(self.desired_file)
+        write_atomic(self.desired_file, desired.to_json(), 0o600, durable=False)
         self.desired = desired
         return desired
 

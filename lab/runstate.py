@@ -17,6 +17,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from ztb.files import write_atomic
+
 from . import netns
 
 RUN_ROOT = Path("/run/ztb-lab")
@@ -49,9 +51,7 @@ class RunState:
             "processes": [asdict(p) for p in self.processes],
             "wg_interfaces": self.wg_interfaces,
         }
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(data, indent=2))
-        tmp.replace(self.path)
+        write_atomic(self.path, json.dumps(data, indent=2), 0o600, durable=False)
 
     @classmethod
     def load(cls, run_dir: Path) -> RunState:
