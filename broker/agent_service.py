@@ -6,36 +6,63 @@ from datetime import UTC, datetime, timedelta
 from ipaddress import IPv4Address, ip_address
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import Connection, bindparam, select, update
 
-from netpolicy import DesiredState, Grant, LiveSession, validate_public_key
+from netpolicy import DesiredState, Grant, HomeNetwork, LiveSession, validate_public_key
 
 from . import enroll_token, pki
 from .auth import AgentPrincipal
 from .clock import rfc3339
 from .context import UnitOfWork
-from .db.models import LIVE_STATES, AccessSession, Agent, AgentCertificate, EnrollmentToken, Home
+from .db.models import (
+    LIVE_STATES,
+    AccessSession,
+    Agent,
+    AgentCertificate,
+    EnrollmentToken,
+    Home,
+    table_of,
+)
 from .errors import ApiError, denied
 from .ids import new_id
-from .sessions_service import emit, home_network
+from .sessions_service import emit
+from .state_cache import StateAtRevision
 
-
-def desired_state(uow: UnitOfWork, home: Home) -> DesiredState:
-    """All live sessions of the home, lifetimes measured on the broker's clock now."""
-    rows = uow.db.scalars(
-        select(AccessSession)
-        .where(
-            AccessSession.home_id == home.id,
-            AccessSession.state.in_(LIVE_STATES),
-            AccessSession.expires_at > uow.now,
-        )
-        .order_by(AccessSession.id)
+_HOMES, _SESSIONS = table_of(Home), table_of(AccessSession)
+_NETWORK = select(_HOMES.c.lan, _HOMES.c.router_ip, _HOMES.c.tunnel_pool).where(
+    _HOMES.c.id == bindparam("home_id")
+)
+_LIVE_SESSIONS = (
+    select(
+        _SESSIONS.c.id,
+        _SESSIONS.c.public_key,
+        _SESSIONS.c.preshared_key,
+        _SESSIONS.c.tunnel_ip,
+        _SESSIONS.c.grants,
+        _SESSIONS.c.expires_at,
     )
-    sessions = []
-    for row in rows:
-        assert row.expires_at is not None and row.public_key and row.tunnel_ip
+    .where(
+        _SESSIONS.c.home_id == bindparam("home_id"),
+        _SESSIONS.c.state.in_(LIVE_STATES),
+        _SESSIONS.c.expires_at > bindparam("now"),
+    )
+    .order_by(_SESSIONS.c.id)
+)
+
+
+def state_at_revision(
+    connection: Connection, home_id: str, revision: int, now: datetime
+) -> StateAtRevision:
+    """All live sessions of the home at ``revision`` (read in the transaction that saw
+    it), checked by netpolicy once; lifetimes kept as deadlines (see ``state_cache``)."""
+    lan, router_ip, tunnel_pool = connection.execute(_NETWORK, {"home_id": home_id}).one()
+    network = HomeNetwork.from_dict(
+        {"lan": lan, "router_ip": router_ip, "tunnel_pool": tunnel_pool}
+    )
+    sessions, deadlines = [], []
+    for row in connection.execute(_LIVE_SESSIONS, {"home_id": home_id, "now": now}):
         tunnel_ip = ip_address(row.tunnel_ip)
-        assert isinstance(tunnel_ip, IPv4Address)
+        assert isinstance(tunnel_ip, IPv4Address) and row.public_key
         sessions.append(
             LiveSession(
                 session_id=row.id,
@@ -43,15 +70,18 @@ def desired_state(uow: UnitOfWork, home: Home) -> DesiredState:
                 preshared_key=row.preshared_key,
                 tunnel_ip=tunnel_ip,
                 grants=tuple(Grant.from_dict(g) for g in row.grants),
-                expires_in=(row.expires_at - uow.now).total_seconds(),
+                expires_in=(row.expires_at - now).total_seconds(),
             )
         )
-    return DesiredState(
-        home_id=home.id,
-        revision=home.revision,
-        network=home_network(home),
-        sessions=tuple(sessions),
+        deadlines.append(row.expires_at)
+    state = DesiredState(
+        home_id=home_id, revision=revision, network=network, sessions=tuple(sessions)
+    ).to_dict()
+    timed = tuple(
+        ({k: v for k, v in session.items() if k != "expires_in"}, expires_at)
+        for session, expires_at in zip(state.pop("sessions"), deadlines, strict=True)
     )
+    return StateAtRevision(revision, state, timed)
 
 
 def counter_key(device_ip: str, proto: str, ports: str) -> str:

@@ -27,6 +27,7 @@ from .errors import Denial
 from .metrics import Metrics
 from .notifier import Notifier
 from .pki import CertificateAuthority
+from .state_cache import DesiredStates, LastSeen
 from .webhooks import Delivery, WebhookSender
 
 T = TypeVar("T")
@@ -46,6 +47,8 @@ class Broker:
     signer: audit.Signer
     metrics: Metrics
     ca: CertificateAuthority | None = None  # signs agent certificates; None before bootstrap
+    desired_states: DesiredStates = field(default_factory=DesiredStates)
+    last_seen: LastSeen = field(default_factory=LastSeen)
 
     @cached_property
     def read_sessionmaker(self) -> SessionFactory:

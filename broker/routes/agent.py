@@ -8,10 +8,9 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 
-from ..agent_service import ca_pem, desired_state, enroll, record_report, renew
-from ..auth import AgentPrincipal, agent_still_accepted, broker_of, current_agent
+from ..agent_service import ca_pem, enroll, record_report, renew, state_at_revision
+from ..auth import AgentPrincipal, broker_of, current_agent, revision_if_still_accepted
 from ..context import Broker, UnitOfWork
-from ..db.models import Home
 from ..errors import ApiError
 from ..notifier import wait_for_change
 from ..schemas import Enrollment, Renewal, Report
@@ -37,18 +36,23 @@ def renew_certificate(request: Request, agent: AgentId, body: Renewal) -> dict[s
     return broker_of(request).run(lambda uow: renew(uow, agent, body.csr_pem))
 
 
-def _state_if_newer(broker: Broker, agent: AgentPrincipal, after: int) -> dict[str, Any] | None:
+def _state_if_newer(broker: Broker, agent: AgentPrincipal, after: int) -> bytes | None:
     """Read-only: a revision bump wakes every agent of the home at once, and their reads
-    must run side by side, not queue for the write lock."""
-    with broker.read() as db:
-        uow = UnitOfWork(broker, db, broker.clock())
-        if not agent_still_accepted(uow.db, agent):
+    must run side by side, not queue for the write lock. The document of a revision is
+    built once for all of them (``broker.desired_states``)."""
+    with broker.read_rows() as connection:
+        revision = revision_if_still_accepted(connection, agent)
+        if revision is None:
             raise ApiError(401, "agent certificate is unknown, replaced or revoked")
-        home = uow.db.get(Home, agent.home_id)
-        assert home is not None
-        if home.revision <= after:
+        if revision <= after:
             return None
-        return desired_state(uow, home).to_dict()
+        now = broker.clock()
+        state = broker.desired_states.get(
+            agent.home_id,
+            revision,
+            lambda: state_at_revision(connection, agent.home_id, revision, now),
+        )
+    return state.render(broker.clock())
 
 
 @router.get("/state", response_model=None)
@@ -57,7 +61,7 @@ async def state(
     agent: AgentId,
     after: Annotated[int, Query(ge=-1)] = -1,
     wait: Annotated[float, Query(ge=0)] = 25,
-) -> dict[str, Any] | Response:
+) -> Response:
     """The home's desired state once its revision passes ``after``; 204 after ``wait`` s."""
     broker = broker_of(request)
     deadline = time.monotonic() + min(wait, broker.settings.longpoll_max_s)
@@ -67,7 +71,7 @@ async def state(
             change = broker.notifier.subscribe(agent.home_id)
             document = await run_in_threadpool(_state_if_newer, broker, agent, after)
             if document is not None:
-                return document
+                return Response(document, media_type="application/json")
             remaining = deadline - time.monotonic()
             if remaining <= 0 or not await wait_for_change(change, remaining):
                 return Response(status_code=204)

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 import segno
 from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi.responses import JSONResponse
 from sqlalchemy import select
 
 from netpolicy import Grant
@@ -40,8 +41,8 @@ def _expire_if_due(broker: Broker, session_id: str) -> None:
         broker.run(lambda uow: expiry.expire_session_if_due(uow, session_id))
 
 
-@router.post("", status_code=201)
-def request_session(request: Request, principal: Me, body: NewSession) -> dict[str, Any]:
+def new_session(request: Request, principal: Principal, body: NewSession) -> dict[str, Any]:
+    """A technician's request (the API route and the web form both come here)."""
     require_role(principal, ["technician"], "session.request")
 
     def work(uow: UnitOfWork) -> dict[str, Any]:
@@ -52,6 +53,13 @@ def request_session(request: Request, principal: Me, body: NewSession) -> dict[s
         return session_view(session)
 
     return broker_of(request).run(work)
+
+
+# The lifecycle routes hand FastAPI a finished JSONResponse: a plain dict would be
+# validated against ``dict[str, Any]`` and encoded in one more worker-thread hop.
+@router.post("", status_code=201)
+def request_session(request: Request, principal: Me, body: NewSession) -> JSONResponse:
+    return JSONResponse(new_session(request, principal, body), 201)
 
 
 @router.get("")
@@ -99,7 +107,7 @@ def _check_step_up(uow: UnitOfWork, principal: Principal, home: Home, code: str 
 @router.post("/{session_id}/approve")
 def approve(
     request: Request, principal: Me, session_id: str, body: Approval | None = None
-) -> dict[str, Any]:
+) -> JSONResponse:
     body = body or Approval()
     broker = broker_of(request)
     _expire_if_due(broker, session_id)
@@ -112,7 +120,7 @@ def approve(
         _check_step_up(uow, principal, home, body.totp)
         return session_view(service.approve(uow, principal, session, body.duration_s))
 
-    return broker.run(work)
+    return JSONResponse(broker.run(work))
 
 
 @router.post("/{session_id}/deny")
@@ -130,12 +138,13 @@ def deny(
 @router.post("/{session_id}/revoke")
 def revoke(
     request: Request, principal: Me, session_id: str, body: Reason | None = None
-) -> dict[str, Any]:
+) -> JSONResponse:
     broker = broker_of(request)
     _expire_if_due(broker, session_id)
     with broker.unit_of_work() as uow:
         session = session_for(uow.db, principal, session_id, "session.revoke")
-        return session_view(service.revoke(uow, principal, session, (body or Reason()).reason))
+        ended = session_view(service.revoke(uow, principal, session, (body or Reason()).reason))
+    return JSONResponse(ended)
 
 
 @router.post("/{session_id}/cancel")

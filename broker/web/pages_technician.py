@@ -76,5 +76,5 @@ def submit_request(
         reason=reason.strip(),
         public_key=public_key.strip() or None,
     )
-    session = api.request_session(request, viewer, body)
+    session = api.new_session(request, viewer, body)
     return RedirectResponse(f"/web/sessions/{session['id']}", status_code=303)

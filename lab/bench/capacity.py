@@ -14,6 +14,7 @@ from lab import netns
 from . import broker_capacity, rig
 from .modes import Mode
 from .results import Figure, Measurement, Ratio, Reported
+from .stats import Summary
 
 MODE_LABELS = {
     "https": "real HTTPS (uvicorn child process, TLS)",
@@ -64,15 +65,15 @@ def report(mode: Mode, lifecycles: dict[str, dict[str, Any]], fan: dict[str, Any
             Figure(
                 f"lifecycles/s, {MODE_LABELS[how]}",
                 "1/s",
-                value=result["lifecycles_per_s"],
-                note=f"{result['lifecycles']} lifecycles in {result['seconds']} s",
+                Summary.of([result["lifecycles_per_s"]]),
+                note=f"one run: {result['lifecycles']} lifecycles in {result['seconds']} s",
             )
         )
         _steps(m.figures, how, result["latency_ms"])
         if "broker_memory" in result:
             m.figures.append(
                 Figure(f"broker max RSS after {how} lifecycles", "MB",
-                       value=result["broker_memory"]["max_rss_mb"])
+                       Summary.of([result["broker_memory"]["max_rss_mb"]]))
             )  # fmt: skip
     wake = fan["wake_s"]
     broker_rss = fan["broker_memory"]["max_rss_mb"]
@@ -82,7 +83,11 @@ def report(mode: Mode, lifecycles: dict[str, dict[str, Any]], fan: dict[str, Any
             "s",
             reported=_reported(wake),
         ),
-        Figure(f"broker max RSS with {fan['agents']} agents long-polling", "MB", value=broker_rss),
+        Figure(
+            f"broker max RSS with {fan['agents']} agents long-polling",
+            "MB",
+            Summary.of([broker_rss]),
+        ),
     ]
     for how, result in lifecycles.items():
         m.ratios.append(
