@@ -18,6 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from netpolicy import PolicyError
 
 from . import audit, pki
+from .auth import write_last_seen
 from .clock import Clock, system_clock
 from .config import Settings
 from .context import Broker
@@ -204,6 +205,7 @@ def create_app(
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+            await run_in_threadpool(write_last_seen, broker)
             broker.webhooks.close()
             broker.notifier.close()
             engine.dispose()

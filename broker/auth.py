@@ -17,11 +17,11 @@ from datetime import datetime, timedelta
 
 import pyotp
 from fastapi import Request
-from sqlalchemy import bindparam, select
+from sqlalchemy import Connection, bindparam, or_, select, update
 from sqlalchemy.orm import Session
 
 from .context import Broker
-from .db.models import Agent, AgentCertificate, ApiToken, User
+from .db.models import Agent, AgentCertificate, ApiToken, Home, User, table_of
 from .errors import ApiError
 from .ids import digest
 from .pki import AgentIdentity
@@ -174,27 +174,88 @@ def accepted_agent(db: Session, identity: AgentIdentity, now: datetime) -> Agent
     return agent
 
 
+_AGENTS = table_of(Agent)
+_HOMES = table_of(Home)
+_AGENT_STANDING = select(
+    _AGENTS.c.home_id,
+    _AGENTS.c.revoked_at,
+    _AGENTS.c.cert_serial,
+    _AGENTS.c.previous_cert_serial,
+    _AGENTS.c.last_seen_at,
+).where(_AGENTS.c.id == bindparam("agent_id"))
+_STANDING_AND_REVISION = select(
+    _AGENTS.c.revoked_at, _AGENTS.c.cert_serial, _AGENTS.c.previous_cert_serial, _HOMES.c.revision
+).where(
+    _AGENTS.c.id == bindparam("agent_id"),
+    _HOMES.c.id == _AGENTS.c.home_id,
+    _HOMES.c.id == bindparam("home_id"),
+)
+_SEEN = (
+    update(_AGENTS)
+    .where(
+        _AGENTS.c.id == bindparam("agent_id"),
+        or_(_AGENTS.c.last_seen_at.is_(None), _AGENTS.c.last_seen_at < bindparam("seen")),
+    )
+    .values(last_seen_at=bindparam("seen"))
+)
+
+
 def current_agent(request: Request) -> AgentPrincipal:
     """The calling agent, from its client certificate (verified by the TLS layer, see
     ``broker.tls_server``), checked against the agents table on every request, so a
-    revocation cuts the agent off at once, even on a kept-alive connection."""
+    revocation cuts the agent off at once, even on a kept-alive connection.
+
+    A read: only the first use of a new certificate writes (it retires the previous one);
+    the last-seen time goes to ``broker.last_seen`` and is written in batches."""
     broker = broker_of(request)
     now = broker.clock()
     identity = peer_agent(request, now)
     if identity is None:
         raise ApiError(401, "agent client certificate required (enroll with 'ztb agent enroll')")
-    with broker.sessionmaker() as db, db.begin():
-        agent = accepted_agent(db, identity, now)
-        if agent is None:
-            raise ApiError(401, "agent certificate is unknown, replaced or revoked")
-        return AgentPrincipal(agent_id=agent.id, home_id=agent.home_id, serial=identity.serial)
-
-
-def agent_still_accepted(db: Session, agent: AgentPrincipal) -> bool:
-    """For long-polls: a revocation while the request waits ends it with 401."""
-    row = db.get(Agent, agent.agent_id)
-    return (
-        row is not None
-        and row.revoked_at is None
-        and agent.serial in (row.cert_serial, row.previous_cert_serial)
+    with broker.read_rows() as connection:
+        row = connection.execute(_AGENT_STANDING, {"agent_id": identity.agent_id}).first()
+    if (
+        row is None
+        or row.home_id != identity.home_id
+        or row.revoked_at is not None
+        or identity.serial not in (row.cert_serial, row.previous_cert_serial)
+    ):
+        raise ApiError(401, "agent certificate is unknown, replaced or revoked")
+    if identity.serial == row.cert_serial and (
+        row.previous_cert_serial is not None or row.last_seen_at is None
+    ):
+        with broker.unit_of_work() as uow:
+            if accepted_agent(uow.db, identity, uow.now) is None:
+                raise ApiError(401, "agent certificate is unknown, replaced or revoked")
+    elif row.last_seen_at is None or now - row.last_seen_at >= LAST_SEEN_RESOLUTION:
+        broker.last_seen.note(identity.agent_id, now)
+    return AgentPrincipal(
+        agent_id=identity.agent_id, home_id=identity.home_id, serial=identity.serial
     )
+
+
+def revision_if_still_accepted(connection: Connection, agent: AgentPrincipal) -> int | None:
+    """For long-polls: the home's revision, or None once the agent was revoked or its
+    certificate replaced while the request waited (the caller answers 401)."""
+    row = connection.execute(
+        _STANDING_AND_REVISION, {"agent_id": agent.agent_id, "home_id": agent.home_id}
+    ).first()
+    if (
+        row is None
+        or row.revoked_at is not None
+        or agent.serial not in (row.cert_serial, row.previous_cert_serial)
+    ):
+        return None
+    return int(row.revision)
+
+
+def write_last_seen(broker: Broker) -> int:
+    """Store the last-seen times noted since the previous call (never moves one back)."""
+    seen = broker.last_seen.take()
+    if not seen:
+        return 0
+    with broker.unit_of_work() as uow:
+        uow.db.connection().execute(
+            _SEEN, [{"agent_id": agent_id, "seen": moment} for agent_id, moment in seen.items()]
+        )
+    return len(seen)

@@ -15,6 +15,7 @@ from sqlalchemy import Connection, and_, bindparam, exists, or_, select, update
 from sqlalchemy.orm import Session
 
 from . import audit
+from .auth import write_last_seen
 from .config import Settings
 from .context import Broker, UnitOfWork
 from .db.models import LIVE_STATES, AccessSession
@@ -83,4 +84,5 @@ def run_maintenance(broker: Broker) -> dict[str, int]:
     expired = broker.run(expire_due)
     with broker.unit_of_work() as uow:
         point = audit.checkpoint(uow.db, uow.now, broker.signer)
-    return {"expired": expired, "checkpoint": point.seq if point else 0}
+    seen = write_last_seen(broker)
+    return {"expired": expired, "checkpoint": point.seq if point else 0, "agents_seen": seen}

@@ -11,6 +11,7 @@ import os
 import re
 import secrets
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
@@ -39,6 +40,9 @@ from ztb.wgkeys import key_pair
 app = typer.Typer(
     no_args_is_help=True, add_completion=False, help="Request, approve and end access sessions."
 )
+
+ACTIVE_WAIT_S = 10.0
+ACTIVE_POLL_S = 0.1
 
 SessionArgument = Annotated[str, typer.Argument(help="Session id, e.g. ses_3k9f...")]
 GrantOption = Annotated[
@@ -390,6 +394,15 @@ def session_config(
         ),
     ] = None,
     qr: Annotated[bool, typer.Option("--qr", help="Show a QR code for the mobile app.")] = False,
+    wait: Annotated[
+        float,
+        typer.Option(
+            "--wait",
+            min=0,
+            max=60,
+            help="Seconds to wait for the router to apply the session before giving the config.",
+        ),
+    ] = ACTIVE_WAIT_S,
     broker: BrokerOption = None,
     token: TokenOption = None,
     ca_cert: CaCertOption = None,
@@ -399,6 +412,7 @@ def session_config(
     if qr and as_json:
         raise typer.BadParameter("--qr and --json exclude each other")
     with connect(broker, token, ca_cert) as client:
+        wait_until_active(client, session_id, wait)
         config = fill_private_key(client.wg_quick(session_id), session_id)
     if output is not None:
         write_secret(output, config)
@@ -410,6 +424,25 @@ def session_config(
         typer.echo(f"wrote {output} (mode 0600); connect with: wg-quick up {output.resolve()}")
     else:
         typer.echo(config, nl=False)
+
+
+def wait_until_active(client: BrokerClient, session_id: str, limit_s: float) -> None:
+    """Hold the config until the router has applied the session (state ``active``).
+
+    A tunnel brought up before the router has the peer sends a handshake that goes
+    unanswered, and WireGuard retries only after 5 s: waiting here is what makes access
+    start in a fraction of a second. Past ``limit_s`` the config is given anyway.
+    """
+    deadline = time.monotonic() + limit_s
+    announced = False
+    while True:
+        state = client.get_session(session_id).get("state")
+        if state != "approved" or time.monotonic() >= deadline:
+            return
+        if not announced:
+            print("waiting for the home router to apply the session...", file=sys.stderr)
+            announced = True
+        time.sleep(ACTIVE_POLL_S)
 
 
 def _print_qr(config: str) -> None:

@@ -5,7 +5,8 @@ Per cycle the technician requests a session with a key pair made locally (two gr
 thermostat tcp/443 to connect to, camera udp/5000 for the probe flow). Then:
 
 * **time to access**, zero = the homeowner's approve API call returned: the technician
-  fetches the wg-quick config over the API, fills in the private key, runs stock
+  waits for the session to be ``active`` (as ``ztb session config`` does), fetches the
+  wg-quick config over the API, fills in the private key, runs stock
   ``wg-quick up`` (wireguard-go) and opens TCP connections until one is answered (the
   first includes the WireGuard handshake). The agent's long-poll wake and apply are read
   from its own log (``ts=`` to the millisecond); they run in parallel with the
@@ -24,6 +25,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from broker.cli.sessions import ACTIVE_WAIT_S, wait_until_active
 from lab import netns, technician
 from lab.latency import wait_for_answer
 from lab.probes import Target
@@ -116,6 +118,9 @@ def open_access(product: Product, session_id: str, keys: technician.KeyPair) -> 
     started = time.time()
     product.owner.call(lambda c: c.approve_session(session_id))
     zero = time.time()
+    # As `ztb session config` does: hold the config until the router has the peer, so the
+    # first handshake is answered instead of retried after WireGuard's 5 s.
+    product.tech.call(lambda c: wait_until_active(c, session_id, ACTIVE_WAIT_S))
     config = product.tech.call(lambda c: c.wg_quick(session_id))
     path = lab.run_dir / f"{tech.wg_interface}.conf"
     technician.write_secret(path, with_private_key(config, keys.private))

@@ -6,6 +6,7 @@ import httpx
 import pytest
 
 from broker import client as broker_client
+from broker.cli import sessions as cli_sessions
 from broker.client import ApiError, BrokerClient, BrokerError
 
 
@@ -67,3 +68,37 @@ def test_non_object_json_is_an_error() -> None:
 def test_url_scheme_is_checked() -> None:
     with pytest.raises(BrokerError, match="must start with https://"):
         BrokerClient("broker.example:8443", "t")
+
+
+def sessions_in_states(*states: str) -> tuple[httpx.MockTransport, list[str]]:
+    """Answers GET /v1/sessions/ID with each state in turn (the last one repeats)."""
+    seen: list[str] = []
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        state = states[min(len(seen), len(states) - 1)]
+        seen.append(state)
+        return httpx.Response(200, json={"id": "ses_x", "state": state})
+
+    return httpx.MockTransport(handle), seen
+
+
+@pytest.mark.parametrize(
+    ("states", "polls"),
+    [(("approved", "approved", "active"), 3), (("active",), 1), (("ended",), 1)],
+)
+def test_config_waits_until_the_router_applied_the_session(
+    states: tuple[str, ...], polls: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(cli_sessions, "ACTIVE_POLL_S", 0.001)
+    transport, seen = sessions_in_states(*states)
+    with BrokerClient("http://b", "t", transport=transport) as client:
+        cli_sessions.wait_until_active(client, "ses_x", 5.0)
+    assert len(seen) == polls
+
+
+def test_config_wait_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cli_sessions, "ACTIVE_POLL_S", 0.01)
+    transport, seen = sessions_in_states("approved")
+    with BrokerClient("http://b", "t", transport=transport) as client:
+        cli_sessions.wait_until_active(client, "ses_x", 0.1)
+    assert 2 <= len(seen) <= 20

@@ -1,0 +1,91 @@
+"""The long-poll's kept desired-state document and the batched last-seen times."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from broker.db.models import Agent
+from broker.state_cache import DesiredStates, StateAtRevision
+from netpolicy import DesiredState
+
+from .broker_harness import BOTH_DATABASES, Harness, anyio_backend, harness
+
+__all__ = ["anyio_backend", "harness"]
+pytestmark = pytest.mark.anyio
+STATE = "/v1/agent/state?after={}&wait=0"
+
+
+async def _approve(h: Harness, tech: str, owner: str, duration_s: int) -> dict[str, object]:
+    session = await h.request(tech, "ann-house", ["thermostat:tcp/443"], duration_s)
+    return await h.ok("POST", f"/v1/sessions/{session['id']}/approve", owner)  # type: ignore[no-any-return]
+
+
+@BOTH_DATABASES
+async def test_a_kept_document_counts_down_and_never_lengthens_a_lifetime(harness: Harness) -> None:
+    h = harness
+    w = await h.world()
+    await _approve(h, w.tech_a, w.owner_a, 900)
+    first = await h.ok("GET", STATE.format(1), w.agent_a)
+    assert first["revision"] == 2 and first["sessions"][0]["expires_in"] == 900
+    h.clock.advance(0.4)  # same revision: the kept document, counted from this answer
+    assert (await h.ok("GET", STATE.format(1), w.agent_a))["sessions"][0]["expires_in"] == 899
+    h.clock.advance(899.2)  # 0.4 s left: less than a second is already gone
+    late = await h.ok("GET", STATE.format(1), w.agent_a)
+    assert late["revision"] == 2 and late["sessions"] == []
+
+
+@BOTH_DATABASES
+async def test_a_new_revision_replaces_the_kept_document(harness: Harness) -> None:
+    h = harness
+    w = await h.world()
+    await _approve(h, w.tech_a, w.owner_a, 900)
+    assert len((await h.ok("GET", STATE.format(1), w.agent_a))["sessions"]) == 1
+    second = await _approve(h, w.tech_a, w.owner_a, 600)
+    doc = DesiredState.from_dict(await h.ok("GET", STATE.format(2), w.agent_a))
+    assert doc.revision == 3 and {s.session_id for s in doc.sessions} >= {second["id"]}
+    assert len(doc.sessions) == 2
+    ended = await h.ok("POST", f"/v1/sessions/{second['id']}/revoke", w.owner_a)
+    assert ended["state"] == "ended"
+    doc = DesiredState.from_dict(await h.ok("GET", STATE.format(3), w.agent_a))
+    assert doc.revision == 4 and len(doc.sessions) == 1
+
+
+def test_an_older_read_never_replaces_a_newer_kept_document() -> None:
+    states = DesiredStates()
+    newer = StateAtRevision(5, {"revision": 5}, ())
+    older = StateAtRevision(4, {"revision": 4}, ())
+    assert states.get("home", 5, lambda: newer) is newer
+    assert states.get("home", 4, lambda: older) is older  # that read's own snapshot
+    assert states.get("home", 5, lambda: pytest.fail("rebuilt a kept revision")) is newer
+    with pytest.raises(AssertionError, match="another revision"):
+        states.get("home", 6, lambda: older)
+
+
+def test_render_rounds_down_from_the_answer_time() -> None:
+    expires = datetime(2026, 1, 1, 12, 0, 10, tzinfo=UTC)
+    state = StateAtRevision(1, {"revision": 1}, (({"session_id": "s"}, expires),))
+    at = expires - timedelta(seconds=9.9)
+    assert b'"expires_in": 9' in state.render(at)
+    assert b'"sessions": []' in state.render(expires - timedelta(seconds=0.9))
+
+
+async def test_last_seen_is_written_in_batches(harness: Harness) -> None:
+    h = harness
+    w = await h.world()
+    await h.ok("GET", STATE.format(-1), w.agent_a)  # first use of the certificate: written now
+    first_seen = _last_seen(h, w.agent_a.agent_id)
+    assert first_seen == h.clock.now
+    h.clock.advance(30)
+    await h.ok("GET", STATE.format(-1), w.agent_a)
+    assert _last_seen(h, w.agent_a.agent_id) == first_seen  # noted, not yet written
+    assert h.maintenance()["agents_seen"] == 1
+    assert _last_seen(h, w.agent_a.agent_id) == h.clock.now
+
+
+def _last_seen(h: Harness, agent_id: str) -> datetime | None:
+    with h.broker.sessionmaker() as db:
+        agent = db.get(Agent, agent_id)
+        assert agent is not None
+        return agent.last_seen_at
