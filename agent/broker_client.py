@@ -1,73 +1,37 @@
-"""The agent's HTTPS client: the pinned broker CA only, the agent certificate for mTLS.
+"""HTTPS for enrollment and renewal: the pinned broker CA only, the agent certificate.
 
-All agent ↔ broker HTTP lives here; ``agent.enroll`` does the cryptography around it.
-Tests pass an ``httpx`` transport (``MockTransport`` or ``ASGITransport`` with the real
-broker app), the lab and routers use real TLS. No ``cryptography`` import: the run loop
-stays light.
+Used by ``ztb agent enroll`` and the ``agent.renew_once`` child, short-lived processes
+where httpx's weight does not matter; the daemon's long-poll and reports go through
+``agent.http_lite`` (standard library). Tests pass an ``httpx`` transport
+(``MockTransport`` or ``ASGITransport`` with the real broker app), the lab uses real TLS.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-import random
 import ssl
-import time
-from collections.abc import Callable, Mapping
-from pathlib import Path
+from collections.abc import Mapping
 from types import TracebackType
 from typing import Any
 
 import httpx
 
+from agent.http_lite import BrokerError, CertificateRejected, pinned_ssl_context
 from agent.state_dir import StateDir
-from netpolicy import DesiredState
 
-MAX_WAIT_S = 60
-# The long-poll may hold the request for ``wait`` seconds; allow this much on top.
-_POLL_SLACK_S = 10.0
-BACKOFF_BASE_S = 1.0
-BACKOFF_CAP_S = 60.0
-
-
-class BrokerError(RuntimeError):
-    """The broker answered with an error or could not be reached; message is user-facing."""
-
-    def __init__(self, message: str, status: int | None = None) -> None:
-        super().__init__(message)
-        self.status = status
+__all__ = [
+    "BrokerClient",
+    "BrokerError",
+    "CertificateRejected",
+    "PinMismatch",
+    "fetch_pinned_ca",
+    "pinned_ssl_context",
+]
 
 
 class PinMismatch(BrokerError):
     """The broker showed a CA other than the one the enrollment token pins."""
-
-
-class CertificateRejected(BrokerError):
-    """The broker refused the agent's certificate (401/403): renew, or enroll again."""
-
-
-def pinned_ssl_context(ca_pem: str, client_pem: Path | None = None) -> ssl.SSLContext:
-    """Trust exactly the pinned broker CA (no system store); optionally present our cert."""
-    context = ssl.create_default_context(cadata=ca_pem)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    if client_pem is not None:
-        context.load_cert_chain(client_pem)
-    return context
-
-
-def backoff_delay(
-    attempt: int,
-    rand: Callable[[], float] = random.random,
-    base_s: float = BACKOFF_BASE_S,
-    cap_s: float = BACKOFF_CAP_S,
-) -> float:
-    """Seconds to wait before reconnect ``attempt`` (0-based): exponential, equal jitter.
-
-    Half the window is fixed so an agent never spins; the other half is random so a
-    thousand agents cut off by one broker restart do not come back in the same second.
-    """
-    window = min(cap_s, base_s * 2.0 ** min(max(attempt, 0), 32))
-    return window / 2 + window / 2 * rand()
 
 
 def fetch_pinned_ca(
@@ -153,36 +117,6 @@ class BrokerClient:
         if not isinstance(certificate_pem, str):
             raise BrokerError("broker's renew answer has no certificate_pem")
         return certificate_pem
-
-    def fetch_state(self, after: int, wait: int) -> DesiredState | None:
-        """Long-poll: the desired state if the revision moved past ``after``, else None."""
-        answer = self.fetch_state_timed(after, wait, time.monotonic)
-        return None if answer is None else answer[0]
-
-    def fetch_state_timed(
-        self, after: int, wait: int, clock: Callable[[], float]
-    ) -> tuple[DesiredState, float] | None:
-        """``fetch_state``, with the ``clock()`` reading taken when the answer arrived.
-
-        Lifetimes (``expires_in``) count from that moment: reading the clock after
-        parsing a large document would stretch every lifetime by the parse time.
-        """
-        wait = min(max(wait, 0), MAX_WAIT_S)
-        response = _send(
-            self._http,
-            "GET",
-            "/v1/agent/state",
-            params={"after": after, "wait": wait},
-            timeout=wait + _POLL_SLACK_S,
-        )
-        arrived = clock()
-        if response.status_code == 204:
-            return None
-        return DesiredState.from_dict(_json(response)), arrived
-
-    def report(self, payload: Mapping[str, Any]) -> None:
-        """``POST /v1/agent/report``: applied revision, peers, element counters, neighbours."""
-        _send(self._http, "POST", "/v1/agent/report", json=dict(payload))
 
 
 def _send(http: httpx.Client, method: str, path: str, **kwargs: Any) -> httpx.Response:

@@ -31,12 +31,14 @@ from typing import Any
 
 from netpolicy import PolicyError
 
-from .broker_client import BrokerClient, BrokerError, CertificateRejected, backoff_delay
 from .desired_file import Delivery
 from .events import log_event
+from .http_lite import BrokerError, CertificateRejected, DaemonClient
 from .state_dir import StateDir, StateError
 
 WAIT_S = 25
+BACKOFF_BASE_S = 1.0
+BACKOFF_CAP_S = 60.0
 _RENEW_TIMEOUT_S = 120
 _RENEW_RETRY = timedelta(seconds=30)
 _NETWORK_ERRORS = (BrokerError, OSError, StateError)
@@ -52,6 +54,21 @@ class RenewalOutcome:
 
 
 Renewer = Callable[[Path, int], RenewalOutcome]
+
+
+def backoff_delay(
+    attempt: int,
+    rand: Callable[[], float] = random.random,
+    base_s: float = BACKOFF_BASE_S,
+    cap_s: float = BACKOFF_CAP_S,
+) -> float:
+    """Seconds to wait before reconnect ``attempt`` (0-based): exponential, equal jitter.
+
+    Half the window is fixed so an agent never spins; the other half is random so a
+    thousand agents cut off by one broker restart do not come back in the same second.
+    """
+    window = min(cap_s, base_s * 2.0 ** min(max(attempt, 0), 32))
+    return window / 2 + window / 2 * rand()
 
 
 def renew_in_child(state_dir: Path, failures: int) -> RenewalOutcome:
@@ -148,7 +165,7 @@ class BrokerSource:
         self,
         state: StateDir,
         stop: threading.Event,
-        connect: Callable[[], BrokerClient] | None = None,
+        connect: Callable[[], DaemonClient] | None = None,
         renew: Renewer = renew_in_child,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], datetime] = _utcnow,
@@ -157,7 +174,7 @@ class BrokerSource:
     ) -> None:
         self.state = state
         self.stop = stop
-        self._connect = connect or (lambda: BrokerClient.from_state_dir(state))
+        self._connect = connect or (lambda: DaemonClient.from_state_dir(state))
         self._renew = renew
         self._clock = clock
         self._wall = wall
@@ -165,7 +182,7 @@ class BrokerSource:
         self._wait_s = wait_s
         self.after = -1  # the revision of the newest document received
         self.rejected = False
-        self._client: BrokerClient | None = None
+        self._client: DaemonClient | None = None
         self._failures = 0
         self._renew_failures = 0
         self._next_renewal: datetime | None = None
@@ -270,7 +287,7 @@ class BrokerSource:
                 return
             self.stop.wait(delay)
 
-    def _client_now(self) -> BrokerClient:
+    def _client_now(self) -> DaemonClient:
         client = self._client
         if client is None:
             client = self._client = self._connect()

@@ -11,7 +11,6 @@ import argparse
 import json
 import os
 import signal
-import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -252,9 +251,6 @@ def _run(args: argparse.Namespace) -> None:
         source = DesiredStateFile(desired_state, sleep=stop.wait)
     else:
         assert state_dir is not None
-        # httpx imports its command-line module (and with it rich, ~5 MB RSS) unless that
-        # module is already known; the daemon never uses httpx's CLI, so mark it absent.
-        sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
         from .broker_source import BrokerSource
 
         state = StateDir(state_dir)

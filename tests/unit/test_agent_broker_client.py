@@ -1,28 +1,34 @@
-"""The agent's broker client, state directory and renewal policy, against in-process fakes."""
+"""The agent's broker clients, state directory and renewal policy, against in-process fakes.
+
+The daemon's stdlib client runs against a fake transport and its keep-alive transport
+against a real HTTP server on 127.0.0.1; real TLS is in ``test_mtls``.
+"""
 
 from __future__ import annotations
 
+import http.client
+import http.server
 import json
 import logging
-from collections.abc import Callable
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 import httpx
 import pytest
 
 from agent import enroll as agent_enroll
-from agent.broker_client import (
-    BrokerClient,
-    BrokerError,
-    CertificateRejected,
-    PinMismatch,
-    backoff_delay,
-    fetch_pinned_ca,
-    pinned_ssl_context,
-)
+from agent.broker_client import BrokerError, PinMismatch, fetch_pinned_ca
+from agent.broker_source import backoff_delay
+from agent.http_lite import CertificateRejected, DaemonClient, KeepAliveTransport, Reply
 from agent.state_dir import AgentConfig, CertificateValidity, StateDir, StateError
 from broker import enroll_token, pki
 from netpolicy import DesiredState, HomeNetwork, PolicyError
@@ -37,81 +43,249 @@ DESIRED = DesiredState(
         IPv4Network("192.168.1.0/24"), IPv4Address("192.168.1.1"), IPv4Network("100.96.0.0/24")
     ),
 )
-Handler = Callable[[httpx.Request], httpx.Response]
 
 
-def client(handler: Handler) -> BrokerClient:
-    return BrokerClient(URL, pinned_ssl_context(CA.certificate_pem), httpx.MockTransport(handler))
+@dataclass(frozen=True)
+class Sent:
+    """One request as the broker would see it (JSON body decoded)."""
+
+    method: str
+    path: str
+    params: dict[str, str]
+    body: Any
+    timeout: float
+
+
+Handler = Callable[[Sent], Reply]
+
+
+@dataclass
+class FakeTransport:
+    """Stands in for ``KeepAliveTransport``: hands each request to ``handler``."""
+
+    handler: Handler
+    sent: list[Sent] = field(default_factory=list)
+    closed: bool = False
+
+    def request(self, method: str, path: str, body: bytes | None, timeout: float) -> Reply:
+        url = urlsplit(path)
+        decoded = None if body is None else json.loads(body)
+        sent = Sent(method, url.path, dict(parse_qsl(url.query)), decoded, timeout)
+        self.sent.append(sent)
+        return self.handler(sent)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def reply(status: int, data: Any = None, text: str = "") -> Reply:
+    body = text.encode() if data is None else json.dumps(data).encode()
+    return Reply(status, http.client.responses.get(status, ""), body)
+
+
+def daemon_client(handler: Handler, prefix: str = "") -> tuple[DaemonClient, FakeTransport]:
+    transport = FakeTransport(handler)
+    return DaemonClient(transport, prefix), transport
 
 
 # --- fetch_state / report ----------------------------------------------------------------
 
 
 def test_fetch_state_200_204_and_query() -> None:
-    requests: list[httpx.Request] = []
+    def handler(sent: Sent) -> Reply:
+        return reply(204) if sent.params["after"] == "5" else reply(200, DESIRED.to_dict())
 
-    def handler(request: httpx.Request) -> httpx.Response:
-        requests.append(request)
-        if request.url.params["after"] == "5":
-            return httpx.Response(204)
-        return httpx.Response(200, json=DESIRED.to_dict())
-
-    with client(handler) as broker:
+    broker, transport = daemon_client(handler, prefix="/ztb/")
+    with broker:
         assert broker.fetch_state(after=0, wait=25) == DESIRED
         assert broker.fetch_state(after=5, wait=999) is None
-    assert [r.url.path for r in requests] == ["/v1/agent/state"] * 2
-    assert dict(requests[0].url.params) == {"after": "0", "wait": "25"}
-    assert requests[1].url.params["wait"] == "60"  # clamped
-    assert requests[0].extensions["timeout"]["read"] == 35.0  # wait + slack
+    assert transport.closed
+    assert [(s.method, s.path) for s in transport.sent] == [("GET", "/ztb/v1/agent/state")] * 2
+    assert transport.sent[0].params == {"after": "0", "wait": "25"}
+    assert transport.sent[1].params["wait"] == "60"  # clamped
+    assert [s.timeout for s in transport.sent] == [35.0, 70.0]  # wait + slack
 
 
 def test_errors_are_one_readable_line() -> None:
-    def handler(request: httpx.Request) -> httpx.Response:
-        status = int(request.url.params["after"])
-        return httpx.Response(status, json={"detail": "agent certificate required"})
+    def handler(sent: Sent) -> Reply:
+        status = int(sent.params["after"])
+        if status == 502:
+            return reply(status, text="<html>bad gateway</html>")
+        return reply(status, {"detail": "agent certificate required"})
 
-    with client(handler) as broker:
-        with pytest.raises(CertificateRejected, match=r"401.*agent certificate required") as e401:
-            broker.fetch_state(after=401, wait=0)
-        assert e401.value.status == 401
-        with pytest.raises(BrokerError, match="500") as e500:
-            broker.fetch_state(after=500, wait=0)
-        assert not isinstance(e500.value, CertificateRejected)
+    broker, _ = daemon_client(handler)
+    with pytest.raises(CertificateRejected, match=r"401.*agent certificate required") as e401:
+        broker.fetch_state(after=401, wait=0)
+    assert e401.value.status == 401
+    with pytest.raises(CertificateRejected) as e403:
+        broker.fetch_state(after=403, wait=0)
+    assert e403.value.status == 403
+    for status in (500, 503, 404):
+        with pytest.raises(BrokerError, match=f"GET /v1/agent/state \\({status}\\)") as e:
+            broker.fetch_state(after=status, wait=0)
+        assert not isinstance(e.value, CertificateRejected) and e.value.status == status
+    with pytest.raises(BrokerError, match="bad gateway"):
+        broker.fetch_state(after=502, wait=0)
 
 
-def test_bad_documents_are_refused() -> None:
-    with (
-        client(lambda r: httpx.Response(200, text="<html>")) as broker,
-        pytest.raises(BrokerError, match="non-JSON"),
-    ):
+@pytest.mark.parametrize(
+    ("answer", "message"),
+    [
+        (reply(200, text="<html>"), "non-JSON for /v1/agent/state"),
+        (Reply(200, "OK", b"\x80{}"), "non-JSON"),
+        (reply(200, [1, 2]), "non-object"),
+    ],
+)
+def test_bad_documents_are_refused(answer: Reply, message: str) -> None:
+    broker, _ = daemon_client(lambda sent: answer)
+    with pytest.raises(BrokerError, match=message):
         broker.fetch_state(after=0, wait=0)
-    bad = DESIRED.to_dict() | {"revision": -1}
-    with (
-        client(lambda r: httpx.Response(200, json=bad)) as broker,
-        pytest.raises(PolicyError, match="revision"),
-    ):
+
+
+def test_invalid_document_is_a_policy_error() -> None:
+    broker, _ = daemon_client(lambda sent: reply(200, DESIRED.to_dict() | {"revision": -1}))
+    with pytest.raises(PolicyError, match="revision"):
         broker.fetch_state(after=0, wait=0)
 
 
-def test_unreachable_broker() -> None:
-    def handler(request: httpx.Request) -> httpx.Response:
-        raise httpx.ConnectError("connection refused", request=request)
+@pytest.mark.parametrize(
+    "error",
+    [
+        ConnectionRefusedError(111, "connection refused"),
+        http.client.RemoteDisconnected("Remote end closed connection without response"),
+        ssl.SSLCertVerificationError("certificate verify failed"),
+        TimeoutError(),
+    ],
+)
+def test_unreachable_broker(error: Exception) -> None:
+    def handler(sent: Sent) -> Reply:
+        raise error
 
-    with client(handler) as broker, pytest.raises(BrokerError, match="cannot reach"):
+    broker, _ = daemon_client(handler)
+    with pytest.raises(BrokerError, match="cannot reach the broker for POST /v1/agent/report"):
         broker.report({"revision": 1})
+    with pytest.raises(BrokerError, match=r"cannot reach.*GET /v1/agent/state: .+") as e:
+        broker.fetch_state(after=1, wait=0)
+    assert e.value.status is None and "?" not in str(e.value)
 
 
 def test_report_posts_json() -> None:
-    bodies: list[Any] = []
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        bodies.append((request.method, request.url.path, json.loads(request.content)))
-        return httpx.Response(204)
-
+    broker, transport = daemon_client(lambda sent: reply(204))
     payload = {"revision": 5, "peers": [], "elements": [], "neighbours": []}
-    with client(handler) as broker:
-        broker.report(payload)
-    assert bodies == [("POST", "/v1/agent/report", payload)]
+    broker.report(payload)
+    assert [(s.method, s.path, s.body, s.timeout) for s in transport.sent] == [
+        ("POST", "/v1/agent/report", payload, 10.0)
+    ]
+
+
+# --- the keep-alive transport against a real HTTP server on 127.0.0.1 --------------------
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    """``/ok`` answers and keeps the connection; ``/drop`` answers and then hangs up
+    without saying so (as a broker does with an idle keep-alive connection); ``/big/N``
+    sends N bytes; ``/slow`` answers after 0.5 s."""
+
+    protocol_version = "HTTP/1.1"
+    seen: list[tuple[str, int]]
+
+    def do_GET(self) -> None:
+        self.seen.append((self.path, self.client_address[1]))
+        if self.path == "/slow":
+            time.sleep(0.5)
+        size = int(self.path.removeprefix("/big/")) if self.path.startswith("/big/") else 2
+        self.send_response(200)
+        self.send_header("Content-Length", str(size))
+        self.end_headers()
+        self.wfile.write(b"x" * size)
+        self.close_connection = self.path == "/drop"
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        self.seen.append((f"POST {self.path} {body.decode()}", self.client_address[1]))
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@dataclass
+class LocalServer:
+    port: int
+    seen: list[tuple[str, int]]
+
+    def transport(self, max_body: int = 100) -> KeepAliveTransport:
+        return KeepAliveTransport(
+            lambda: http.client.HTTPConnection("127.0.0.1", self.port), max_body
+        )
+
+    def connections(self) -> int:
+        return len({port for _, port in self.seen})
+
+
+@pytest.fixture
+def local_server() -> Iterator[LocalServer]:
+    seen: list[tuple[str, int]] = []
+    handler = type("Handler", (_Handler,), {"seen": seen})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, name="keepalive-test", daemon=True)
+    thread.start()
+    try:
+        yield LocalServer(server.server_address[1], seen)
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+def test_keep_alive_reuses_one_connection(local_server: LocalServer) -> None:
+    transport = local_server.transport()
+    assert transport.request("GET", "/ok", None, 5) == Reply(200, "OK", b"xx")
+    assert transport.request("POST", "/r", b'{"a":1}', 5).status == 204
+    assert transport.request("GET", "/ok", None, 5).body == b"xx"
+    transport.close()
+    assert [path for path, _ in local_server.seen] == ["/ok", 'POST /r {"a":1}', "/ok"]
+    assert local_server.connections() == 1
+
+
+def test_connection_closed_while_idle_is_replaced(local_server: LocalServer) -> None:
+    transport = local_server.transport()
+    transport.request("GET", "/drop", None, 5)
+    time.sleep(0.05)  # the server has hung up by now
+    assert transport.request("GET", "/ok", None, 5).body == b"xx"
+    assert transport.request("GET", "/ok", None, 5).body == b"xx"
+    transport.close()
+    assert local_server.connections() == 2
+
+
+def test_answers_are_bounded(local_server: LocalServer) -> None:
+    transport = local_server.transport(max_body=100)
+    assert len(transport.request("GET", "/big/100", None, 5).body) == 100
+    with pytest.raises(BrokerError, match="exceeds 100 bytes"):
+        transport.request("GET", "/big/101", None, 5)
+    transport.request("GET", "/ok", None, 5)  # on a fresh connection
+    transport.close()
+    assert local_server.connections() == 2
+
+
+def test_a_timeout_is_not_retried(local_server: LocalServer) -> None:
+    transport = local_server.transport()
+    transport.request("GET", "/ok", None, 5)  # the slow request reuses this connection
+    with pytest.raises(TimeoutError):
+        transport.request("GET", "/slow", None, 0.2)
+    assert [path for path, _ in local_server.seen] == ["/ok", "/slow"]
+    assert transport.request("GET", "/ok", None, 5).body == b"xx"
+    transport.close()
+
+
+def test_unreachable_port_is_a_broker_error() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # bound, not listening: connections are refused
+        transport = KeepAliveTransport(lambda: http.client.HTTPConnection("127.0.0.1", port))
+        with pytest.raises(BrokerError, match=r"cannot reach.*refused"):
+            DaemonClient(transport).report({"revision": 1})
 
 
 # --- backoff -----------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The broker source driving the real run loop on fake backends, over ``httpx.MockTransport``.
+"""The broker source driving the real run loop on fake backends, over a fake transport.
 
 Each test steps the network side (``fetch_once``, ``send_report_once``) and the run loop
 (``Runner.step``) by hand, so nothing depends on thread timing.
@@ -6,8 +6,6 @@ Each test steps the network side (``fetch_once``, ``send_report_once``) and the 
 
 from __future__ import annotations
 
-import json
-import ssl
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -15,19 +13,18 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
-from agent.broker_client import BrokerClient
 from agent.broker_source import BrokerSource, RenewalOutcome, broker_report, renew_in_child
+from agent.http_lite import DaemonClient, Reply
 from agent.runner import Runner
 from agent.state_dir import CertificateValidity, StateDir
+from tests.unit.test_agent_broker_client import FakeTransport, Sent, reply
 from tests.unit.test_agent_reconcile import Rig, key, make_session, make_state
 
-URL = "https://198.51.100.2:8443"
 ISSUED = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
 VALIDITY = CertificateValidity("0a", ISSUED, ISSUED + timedelta(hours=24))
-Answer = httpx.Response | Callable[[httpx.Request], httpx.Response]
+Answer = Reply | Callable[[Sent], Reply]
 
 
 @dataclass
@@ -35,21 +32,21 @@ class FakeBroker:
     """Answers GET /v1/agent/state from a script; records everything it is sent."""
 
     answers: list[Answer] = field(default_factory=list)
-    requests: list[httpx.Request] = field(default_factory=list)
+    requests: list[Sent] = field(default_factory=list)
     reports: list[dict[str, Any]] = field(default_factory=list)
     report_status: int = 204
 
-    def __call__(self, request: httpx.Request) -> httpx.Response:
+    def __call__(self, request: Sent) -> Reply:
         self.requests.append(request)
-        if request.url.path == "/v1/agent/report":
-            self.reports.append(json.loads(request.content))
-            return httpx.Response(self.report_status)
-        assert request.url.path == "/v1/agent/state"
-        answer = self.answers.pop(0) if self.answers else httpx.Response(204)
+        if request.path == "/v1/agent/report":
+            self.reports.append(request.body)
+            return reply(self.report_status)
+        assert (request.method, request.path) == ("GET", "/v1/agent/state")
+        answer = self.answers.pop(0) if self.answers else reply(204)
         return answer(request) if callable(answer) else answer
 
     def fetches(self) -> list[dict[str, str]]:
-        return [dict(r.url.params) for r in self.requests if r.url.path == "/v1/agent/state"]
+        return [r.params for r in self.requests if r.path == "/v1/agent/state"]
 
 
 @dataclass
@@ -76,9 +73,9 @@ def setup(tmp_path: Path) -> Iterator[Setup]:
     renewals: list[int] = []
     wall = [ISSUED + timedelta(hours=1)]
 
-    def connect() -> BrokerClient:
+    def connect() -> DaemonClient:
         connects.append(1)
-        return BrokerClient(URL, ssl.create_default_context(), httpx.MockTransport(broker))
+        return DaemonClient(FakeTransport(broker))
 
     def renew(path: Path, failures: int) -> RenewalOutcome:
         renewals.append(failures)
@@ -99,13 +96,13 @@ def setup(tmp_path: Path) -> Iterator[Setup]:
     stop.set()
 
 
-def document(revision: int, *sessions: int, expires_in: float = 600.0) -> httpx.Response:
+def document(revision: int, *sessions: int, expires_in: float = 600.0) -> Reply:
     state = make_state(revision, *(make_session(n, expires_in=expires_in) for n in sessions))
-    return httpx.Response(200, json=state.to_dict())
+    return reply(200, state.to_dict())
 
 
 def test_new_revision_is_applied_and_reported(setup: Setup) -> None:
-    def slow_answer(request: httpx.Request) -> httpx.Response:
+    def slow_answer(request: Sent) -> Reply:
         setup.rig.clock.advance(20)  # the long-poll waited 20 s before the revision moved
         return document(1, 1)
 
@@ -144,7 +141,7 @@ def test_new_revision_is_applied_and_reported(setup: Setup) -> None:
 
 
 def test_no_change_applies_nothing(setup: Setup) -> None:
-    setup.broker.answers = [document(1, 1), httpx.Response(204)]
+    setup.broker.answers = [document(1, 1), reply(204)]
     setup.source.fetch_once()
     setup.runner.step()
     transactions = len(setup.rig.nft.transactions)
@@ -158,10 +155,10 @@ def test_no_change_applies_nothing(setup: Setup) -> None:
 def test_unreachable_broker_backs_off_and_keeps_what_is_enforced(
     setup: Setup, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    def refused(request: httpx.Request) -> httpx.Response:
-        raise httpx.ConnectError("connection refused", request=request)
+    def refused(request: Sent) -> Reply:
+        raise ConnectionRefusedError(111, "connection refused")
 
-    setup.broker.answers = [document(1, 1), refused, httpx.Response(503), refused, document(2)]
+    setup.broker.answers = [document(1, 1), refused, reply(503), refused, document(2)]
     setup.source.fetch_once()
     setup.runner.step()
     before = setup.rig.text()
@@ -188,7 +185,7 @@ def test_unreachable_broker_backs_off_and_keeps_what_is_enforced(
 def test_refused_certificate_stops_fetching_but_the_kernel_keeps_enforcing(
     setup: Setup, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    setup.broker.answers = [document(1, 1, expires_in=30), httpx.Response(401, json={})]
+    setup.broker.answers = [document(1, 1, expires_in=30), reply(401, {})]
     setup.source.fetch_once()
     setup.runner.step()
     assert setup.source.fetch_once() is None

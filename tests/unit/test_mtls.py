@@ -24,8 +24,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from fastapi import FastAPI, HTTPException, Request, Response
 
-from agent.broker_client import BrokerClient, BrokerError, PinMismatch, pinned_ssl_context
+from agent.broker_client import BrokerError, PinMismatch, pinned_ssl_context
 from agent.enroll import enroll, new_tls_key_and_csr, renew_if_due
+from agent.http_lite import CertificateRejected, DaemonClient
 from agent.state_dir import StateDir
 from broker import enroll_token, pki
 from broker.tls_server import https_config, peer_agent, peer_certificate
@@ -225,8 +226,8 @@ def test_enrollment_refuses_a_broker_whose_ca_is_not_pinned(
 def test_pinned_client_refuses_a_server_from_another_ca(running: Running) -> None:
     other = pki.create_ca(datetime.now(UTC))
     with (
-        BrokerClient(running.url, pinned_ssl_context(other.certificate_pem)) as client,
-        pytest.raises(BrokerError, match="cannot reach"),
+        DaemonClient.over_https(running.url, pinned_ssl_context(other.certificate_pem)) as client,
+        pytest.raises(BrokerError, match=r"cannot reach.*CERTIFICATE_VERIFY_FAILED"),
     ):
         client.fetch_state(after=0, wait=0)
 
@@ -244,10 +245,12 @@ def test_enroll_fetch_report_renew_over_real_tls(running: Running, tmp_path: Pat
     assert len(state.read_wg_private_key()) == 44
     first = state.read_validity()
 
-    with BrokerClient.from_state_dir(state) as client:
+    # The daemon's stdlib client: the long-poll and reports share one keep-alive connection.
+    with DaemonClient.from_state_dir(state) as client:
         assert client.fetch_state(after=0, wait=0) == DESIRED
         assert client.fetch_state(after=DESIRED.revision, wait=0) is None
         client.report({"revision": DESIRED.revision, "peers": [], "elements": []})
+        assert client.fetch_state(after=0, wait=0) == DESIRED
     assert running.broker.reports[-1]["revision"] == DESIRED.revision
 
     # The token was one-time.
@@ -260,10 +263,12 @@ def test_enroll_fetch_report_renew_over_real_tls(running: Running, tmp_path: Pat
     assert result.renewed and result.failures == 0, result.error
     second = state.read_validity()
     assert second.serial != first.serial
-    with BrokerClient.from_state_dir(state) as client:
+    with DaemonClient.from_state_dir(state) as client:
         assert client.fetch_state(after=0, wait=0) == DESIRED
 
-    # Revocation is the caller's check on every request: the broker forgets the serial.
-    running.broker.serials.discard(second.serial)
-    with BrokerClient.from_state_dir(state) as client, pytest.raises(BrokerError, match="401"):
-        client.fetch_state(after=0, wait=0)
+        # Revocation is the caller's check on every request: the broker forgets the serial.
+        running.broker.serials.discard(second.serial)
+        with pytest.raises(CertificateRejected, match=r"401.*agent certificate required"):
+            client.fetch_state(after=0, wait=0)
+        with pytest.raises(CertificateRejected, match="401"):
+            client.report({"revision": DESIRED.revision, "peers": [], "elements": []})
