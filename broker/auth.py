@@ -249,6 +249,20 @@ def revision_if_still_accepted(connection: Connection, agent: AgentPrincipal) ->
     return int(row.revision)
 
 
+_HOME_AGENTS = select(_AGENTS.c.id, _AGENTS.c.cert_serial, _AGENTS.c.previous_cert_serial).where(
+    _AGENTS.c.home_id == bindparam("home_id"), _AGENTS.c.revoked_at.is_(None)
+)
+_REVISION = select(_HOMES.c.revision).where(_HOMES.c.id == bindparam("home_id"))
+
+
+def home_standing(connection: Connection, home_id: str) -> tuple[int, dict[str, set[str | None]]]:
+    """For the long-polls one revision bump wakes together: the home's revision and, per
+    unrevoked agent, the certificate serials it may still call with (one read for all)."""
+    revision = connection.execute(_REVISION, {"home_id": home_id}).scalar_one()
+    rows = connection.execute(_HOME_AGENTS, {"home_id": home_id})
+    return int(revision), {row.id: {row.cert_serial, row.previous_cert_serial} for row in rows}
+
+
 def write_last_seen(broker: Broker) -> int:
     """Store the last-seen times noted since the previous call (never moves one back)."""
     seen = broker.last_seen.take()

@@ -11,12 +11,13 @@ rendered from the revision its own read saw.
 from __future__ import annotations
 
 import json
-import math
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
+
+_MILLISECOND = timedelta(milliseconds=1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,13 +31,14 @@ class StateAtRevision:
     ]  # (session without expires_in, expires_at)
 
     def render(self, now: datetime) -> bytes:
-        """The JSON answer at ``now``: whole seconds left, rounded down; a session with
-        less than one second left is already gone (its kernel timeout ends it anyway)."""
+        """The JSON answer at ``now``: time left in whole milliseconds, rounded down (the
+        agent rounds its kernel timeouts again; whole seconds here would end access up to
+        two seconds early); a session whose time is up is left out."""
         live = []
         for session, expires_at in self.sessions:
-            left = math.floor((expires_at - now).total_seconds())
-            if left >= 1:
-                live.append({**session, "expires_in": left})
+            left_ms = (expires_at - now) // _MILLISECOND
+            if left_ms > 0:
+                live.append({**session, "expires_in": left_ms / 1000})
         return json.dumps({**self.document, "sessions": live}).encode()
 
 

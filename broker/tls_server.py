@@ -116,10 +116,25 @@ def serve_https(
     uvicorn.Server(https_config(app, data_dir, host, port, cert_file, key_file, **options)).run()
 
 
-class PeerCertificateProtocol(H11Protocol):
-    """uvicorn's h11 protocol plus the ASGI TLS extension carrying the client certificate."""
+def _http_protocol() -> type[asyncio.Protocol]:
+    """httptools' parser when installed (the ``broker`` extra brings it; ~0.3 ms less CPU
+    per request than h11 here), else h11: the same choice uvicorn's ``http="auto"`` makes."""
+    try:
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+    except ImportError:
+        return H11Protocol
+    return HttpToolsProtocol
 
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+
+_HttpProtocol: Any = _http_protocol()
+
+
+class PeerCertificateProtocol(_HttpProtocol):  # type: ignore[misc]
+    """uvicorn's HTTP protocol plus the ASGI TLS extension carrying the client certificate."""
+
+    app: ASGIApp
+
+    def connection_made(self, transport: asyncio.Transport) -> None:
         super().connection_made(transport)
         ssl_object: ssl.SSLObject | None = transport.get_extra_info("ssl_object")
         if ssl_object is not None:

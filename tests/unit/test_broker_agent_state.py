@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import anyio
 import pytest
 
 from broker.db.models import Agent
@@ -30,8 +31,11 @@ async def test_a_kept_document_counts_down_and_never_lengthens_a_lifetime(harnes
     first = await h.ok("GET", STATE.format(1), w.agent_a)
     assert first["revision"] == 2 and first["sessions"][0]["expires_in"] == 900
     h.clock.advance(0.4)  # same revision: the kept document, counted from this answer
-    assert (await h.ok("GET", STATE.format(1), w.agent_a))["sessions"][0]["expires_in"] == 899
-    h.clock.advance(899.2)  # 0.4 s left: less than a second is already gone
+    assert (await h.ok("GET", STATE.format(1), w.agent_a))["sessions"][0]["expires_in"] == 899.6
+    h.clock.advance(899.5)
+    left = (await h.ok("GET", STATE.format(1), w.agent_a))["sessions"][0]["expires_in"]
+    assert left == 0.1
+    h.clock.advance(0.1)  # time is up: gone from the answer before the expiry job ran
     late = await h.ok("GET", STATE.format(1), w.agent_a)
     assert late["revision"] == 2 and late["sessions"] == []
 
@@ -66,9 +70,9 @@ def test_an_older_read_never_replaces_a_newer_kept_document() -> None:
 def test_render_rounds_down_from_the_answer_time() -> None:
     expires = datetime(2026, 1, 1, 12, 0, 10, tzinfo=UTC)
     state = StateAtRevision(1, {"revision": 1}, (({"session_id": "s"}, expires),))
-    at = expires - timedelta(seconds=9.9)
-    assert b'"expires_in": 9' in state.render(at)
-    assert b'"sessions": []' in state.render(expires - timedelta(seconds=0.9))
+    assert b'"expires_in": 9.999' in state.render(expires - timedelta(microseconds=9_999_999))
+    assert b'"expires_in": 0.001' in state.render(expires - timedelta(microseconds=1_999))
+    assert b'"sessions": []' in state.render(expires - timedelta(microseconds=999))
 
 
 async def test_last_seen_is_written_in_batches(harness: Harness) -> None:
@@ -89,3 +93,22 @@ def _last_seen(h: Harness, agent_id: str) -> datetime | None:
         agent = db.get(Agent, agent_id)
         assert agent is not None
         return agent.last_seen_at
+
+
+@BOTH_DATABASES
+async def test_polls_woken_together_all_get_the_new_revision(harness: Harness) -> None:
+    h = harness
+    w = await h.world()
+    answers: list[int] = []
+
+    async def poll() -> None:
+        answers.append(
+            (await h.ok("GET", "/v1/agent/state?after=1&wait=10", w.agent_a))["revision"]
+        )
+
+    async with anyio.create_task_group() as polls:
+        for _ in range(5):
+            polls.start_soon(poll)
+        await anyio.sleep(0.3)  # all five are waiting
+        await _approve(h, w.tech_a, w.owner_a, 900)
+    assert answers == [2] * 5
