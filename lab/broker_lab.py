@@ -196,11 +196,23 @@ class BrokerLab:
             time.sleep(0.05)
 
     # ----------------------------------------------------------------- technician side
-    def download_config(self, person: Person, tech: Technician, session_id: str) -> Path:
-        """``ztb session config --output`` into the technician's own directory."""
+    def download_config(
+        self, person: Person, tech: Technician, session_id: str, wait_s: float = 10.0
+    ) -> Path:
+        """``ztb session config --output`` into the technician's own directory; like the
+        CLI, it waits up to ``wait_s`` for the router to apply the session."""
         config = person.home / f"{tech.wg_interface}.conf"
         self.disconnect(tech, config)
-        self.ztb(person, "session", "config", session_id, "--output", str(config))
+        self.ztb(
+            person,
+            "session",
+            "config",
+            session_id,
+            "--output",
+            str(config),
+            "--wait",
+            f"{wait_s:g}",
+        )
         return config
 
     def tunnel_up(self, tech: Technician, config: Path) -> None:
