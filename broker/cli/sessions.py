@@ -42,7 +42,8 @@ app = typer.Typer(
 )
 
 ACTIVE_WAIT_S = 10.0
-ACTIVE_POLL_S = 0.1
+ACTIVE_POLL_S = 0.02
+ACTIVE_POLL_MAX_S = 0.25
 
 SessionArgument = Annotated[str, typer.Argument(help="Session id, e.g. ses_3k9f...")]
 GrantOption = Annotated[
@@ -426,23 +427,27 @@ def session_config(
         typer.echo(config, nl=False)
 
 
-def wait_until_active(client: BrokerClient, session_id: str, limit_s: float) -> None:
+def wait_until_active(
+    client: BrokerClient, session_id: str, limit_s: float, *, announce: bool = True
+) -> None:
     """Hold the config until the router has applied the session (state ``active``).
 
     A tunnel brought up before the router has the peer sends a handshake that goes
     unanswered, and WireGuard retries only after 5 s: waiting here is what makes access
-    start in a fraction of a second. Past ``limit_s`` the config is given anyway.
+    start in a fraction of a second. Polls start fast (the agent usually applies within
+    milliseconds) and back off; past ``limit_s`` the config is given anyway.
     """
     deadline = time.monotonic() + limit_s
-    announced = False
+    pause = ACTIVE_POLL_S
     while True:
         state = client.get_session(session_id).get("state")
         if state != "approved" or time.monotonic() >= deadline:
             return
-        if not announced:
+        if announce:
             print("waiting for the home router to apply the session...", file=sys.stderr)
-            announced = True
-        time.sleep(ACTIVE_POLL_S)
+            announce = False
+        time.sleep(pause)
+        pause = min(pause * 1.5, ACTIVE_POLL_MAX_S)
 
 
 def _print_qr(config: str) -> None:

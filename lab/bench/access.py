@@ -120,7 +120,7 @@ def open_access(product: Product, session_id: str, keys: technician.KeyPair) -> 
     zero = time.time()
     # As `ztb session config` does: hold the config until the router has the peer, so the
     # first handshake is answered instead of retried after WireGuard's 5 s.
-    product.tech.call(lambda c: wait_until_active(c, session_id, ACTIVE_WAIT_S))
+    product.tech.call(lambda c: wait_until_active(c, session_id, ACTIVE_WAIT_S, announce=False))
     config = product.tech.call(lambda c: c.wg_quick(session_id))
     path = lab.run_dir / f"{tech.wg_interface}.conf"
     technician.write_secret(path, with_private_key(config, keys.private))

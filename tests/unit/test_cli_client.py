@@ -98,6 +98,7 @@ def test_config_waits_until_the_router_applied_the_session(
 
 def test_config_wait_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(cli_sessions, "ACTIVE_POLL_S", 0.01)
+    monkeypatch.setattr(cli_sessions, "ACTIVE_POLL_MAX_S", 0.01)
     transport, seen = sessions_in_states("approved")
     with BrokerClient("http://b", "t", transport=transport) as client:
         cli_sessions.wait_until_active(client, "ses_x", 0.1)
