@@ -32,6 +32,18 @@ class Story:
     def ok(self) -> bool:
         return not self.failures
 
+    def finish(self, started: float) -> dict[str, Any]:
+        """Print the verdict line; the summary a caller (CLI, test) acts on."""
+        elapsed = time.monotonic() - started
+        verdict = "all expectations held" if self.ok else f"{len(self.failures)} FAILED"
+        self.out(f"\n{verdict} ({elapsed:.1f} s)")
+        return {
+            "ok": self.ok,
+            "failures": self.failures,
+            "measurements": self.measurements,
+            "seconds": elapsed,
+        }
+
     def title(self, text: str) -> None:
         self.out(f"\n== {text}")
 
@@ -165,12 +177,4 @@ def run(out: Callable[[str], None] = print, prefix: str | None = None) -> dict[s
         story = Story(lab, out)
         for step in STEPS:
             step(story)
-    elapsed = time.monotonic() - t0
-    out(f"\n{'all expectations held' if story.ok else f'{len(story.failures)} FAILED'}"
-        f" ({elapsed:.1f} s)")  # fmt: skip
-    return {
-        "ok": story.ok,
-        "failures": story.failures,
-        "measurements": story.measurements,
-        "seconds": elapsed,
-    }
+    return story.finish(t0)

@@ -216,13 +216,4 @@ def run(out: Callable[[str], None] = print, prefix: str | None = None) -> dict[s
                 step(plot)
         except Exception as exc:  # one failed command ends the story, clearly
             plot.story.check(False, f"{type(exc).__name__}: {exc}")
-    story = plot.story
-    elapsed = time.monotonic() - t0
-    out(f"\n{'all expectations held' if story.ok else f'{len(story.failures)} FAILED'}"
-        f" ({elapsed:.1f} s)")  # fmt: skip
-    return {
-        "ok": story.ok,
-        "failures": story.failures,
-        "measurements": story.measurements,
-        "seconds": elapsed,
-    }
+    return plot.story.finish(t0)
