@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import contextlib
 import json
 import os
@@ -34,12 +33,12 @@ from typing import Any
 
 import httpx
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from agent.enroll import new_tls_key_and_csr
 from broker.bootstrap import bootstrap
 from broker.config import Settings
 from broker.pki import CA_CERT_FILE
+from ztb.wgkeys import key_pair
 
 from .stats import Summary
 
@@ -51,13 +50,6 @@ LONGPOLL_WAIT_S = 60
 # SQLite's busy timeout and uvicorn's backlog are the limits; keep well under both.
 MAX_CONCURRENCY = 64
 MAX_AGENTS = 5000
-
-
-def _public_key() -> str:
-    raw = X25519PrivateKey.generate().public_key()
-    return base64.b64encode(
-        raw.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    ).decode()
 
 
 def _bearer(token: str) -> dict[str, str]:
@@ -129,7 +121,7 @@ async def _enroll(client: httpx.AsyncClient, admin: str, home_id: str, csr_pem: 
     body = {
         "token": minted["token"],
         "csr_pem": csr_pem,
-        "wg_public_key": _public_key(),
+        "wg_public_key": key_pair()[1],
         "interface": "ztb0",
         "listen_port": 51820,
         "endpoint": "203.0.113.10:51820",
@@ -320,7 +312,7 @@ async def _lifecycles(call: Call, tenant: Tenant, run: _Run) -> None:
             "grants": ["tv:tcp/443"],
             "duration_s": 1800,
             "reason": "capacity",
-            "public_key": _public_key(),
+            "public_key": key_pair()[1],
         }
         created = await _timed(run, "request", call, "POST", "/v1/sessions", tech, body)
         path = f"/v1/sessions/{json.loads(created)['id']}"
