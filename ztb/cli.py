@@ -20,11 +20,11 @@ from types import ModuleType
 GROUPS: dict[str, tuple[str, str]] = {
     "agent": ("agent.cli", "run the home agent on the router"),
     "broker": ("broker.cli.server", "run or bootstrap the broker service"),
-    "user": ("broker.cli.users", "manage users and their tokens"),
-    "home": ("broker.cli.homes", "manage homes and agent enrollment"),
-    "device": ("broker.cli.devices", "manage a home's devices"),
-    "session": ("broker.cli.sessions", "request, approve and end access sessions"),
-    "audit": ("broker.cli.audit", "verify and export the audit chain"),
+    "user": ("ztb.client.commands.users", "manage users and their tokens"),
+    "home": ("ztb.client.commands.homes", "manage homes and agent enrollment"),
+    "device": ("ztb.client.commands.devices", "manage a home's devices"),
+    "session": ("ztb.client.commands.sessions", "request, approve and end access sessions"),
+    "audit": ("ztb.client.commands.audit", "verify and export the audit chain"),
     "lab": ("lab.cli", "network-namespace lab: up, down, demo"),
 }
 

@@ -25,10 +25,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from broker.cli.sessions import ACTIVE_WAIT_S, wait_until_active
 from lab import netns, technician
 from lab.latency import wait_for_answer
 from lab.probes import Target
+from ztb.client.activation import ACTIVE_WAIT_S, wait_until_active
 
 from .product import Product, with_private_key
 from .udp_probe import first_drop

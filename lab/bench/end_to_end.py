@@ -147,7 +147,7 @@ def _setup(run: ProductRun) -> dict[str, object]:
     return {
         "product": "ztb broker serve (HTTPS, SQLite) + ztb agent run --state-dir (mTLS "
         "long-poll, wireguard-go, libnftables), each in its own lab namespace",
-        "api_calls": "broker.client.BrokerClient (httpx) from the benchmark process, "
+        "api_calls": "ztb.client.http.ZtbClient (httpx) from the benchmark process, "
         "socket opened in the caller's namespace (homeowner: internet host; technician: "
         "own namespace); no CLI start-up is timed",
         "grants": access.GRANTS,

@@ -3,7 +3,7 @@
 ``ztb broker serve`` in the broker namespace, the agent enrolled with a one-time token and
 running ``ztb agent run --state-dir`` on the router (``lab.broker_lab`` starts both), a
 homeowner on the internet host and a technician in their own namespace. People act with
-``broker.client.BrokerClient`` (httpx) whose connections are opened inside their
+``ztb.client.http.ZtbClient`` (httpx) whose connections are opened inside their
 namespace, so no Python start-up sits inside a timed span and no packet leaves the lab.
 Everything is torn down by ``lab.harness.Lab`` on the way out, also after a failure.
 """
@@ -16,12 +16,12 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import TypeVar
 
-from broker.cli.sessions import PRIVATE_KEY_PLACEHOLDER
-from broker.client import BrokerClient
 from lab import netns
 from lab.broker_lab import BrokerLab
 from lab.harness import Lab
 from lab.topology import LAN, ROUTER_LAN_IP, TUNNEL_POOL
+from ztb.client.http import ZtbClient
+from ztb.client.keys import PRIVATE_KEY_PLACEHOLDER
 
 T = TypeVar("T")
 HOME = "bench-home"
@@ -33,9 +33,9 @@ class Person:
     """One identity's API client; every call runs with the socket in namespace ``ns``."""
 
     ns: str
-    api: BrokerClient
+    api: ZtbClient
 
-    def call(self, action: Callable[[BrokerClient], T]) -> T:
+    def call(self, action: Callable[[ZtbClient], T]) -> T:
         with netns.inside(self.ns):
             return action(self.api)
 
@@ -83,7 +83,7 @@ def running(prefix: str) -> Iterator[Product]:
         with ExitStack() as clients:
 
             def person(ns: str, token: str) -> Person:
-                api = BrokerClient(lab.topo.broker_url, token, ca_cert=broker.ca_cert)
+                api = ZtbClient(lab.topo.broker_url, token, ca_cert=broker.ca_cert)
                 clients.callback(api.close)
                 return Person(ns, api)
 

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from broker.cli.common import (
+from ztb.client.commands.common import (
     BrokerOption,
     CaCertOption,
     JsonOption,
@@ -20,7 +20,7 @@ from broker.cli.common import (
     emit_created,
     table,
 )
-from broker.client import BrokerClient
+from ztb.client.http import ZtbClient
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Manage users and their tokens.")
 token_app = typer.Typer(
@@ -51,7 +51,7 @@ def _password_from_stdin() -> str:
     return password
 
 
-def _user_id(client: BrokerClient, user: str | None) -> str:
+def _user_id(client: ZtbClient, user: str | None) -> str:
     """An id for USER: yourself when omitted, looked up by email when it holds an '@'."""
     if not user:
         return str(client.me()["id"])

@@ -6,7 +6,9 @@ from typing import Annotated
 
 import typer
 
-from broker.cli.common import (
+from netpolicy import PolicyError
+from netpolicy.validation import parse_address
+from ztb.client.commands.common import (
     BrokerOption,
     CaCertOption,
     JsonOption,
@@ -16,8 +18,6 @@ from broker.cli.common import (
     emit_created,
     table,
 )
-from netpolicy import PolicyError
-from netpolicy.validation import parse_address
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Manage a home's devices.")
 

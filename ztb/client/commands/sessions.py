@@ -1,24 +1,23 @@
 """``ztb session ...``: request, approve and end access sessions; fetch the tunnel config.
 
 The technician's WireGuard key pair is made here, on the technician's machine: only the
-public key goes to the broker, the private key waits in ``~/.config/ztb/keys/ID.key``
-(mode 0600) until ``ztb session config`` puts it into the wg-quick file.
+public key goes to the broker; ``ztb.client.keys`` keeps the private key until ``ztb
+session config`` puts it into the wg-quick file.
 """
 
 from __future__ import annotations
 
-import os
-import re
 import secrets
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from broker.cli.common import (
+from netpolicy import PolicyError, format_duration, validate_public_key
+from ztb.client.activation import ACTIVE_WAIT_S, wait_until_active
+from ztb.client.commands.common import (
     BrokerOption,
     CaCertOption,
     JsonOption,
@@ -33,17 +32,20 @@ from broker.cli.common import (
     print_json,
     table,
 )
-from broker.client import BrokerClient
-from netpolicy import Grant, PolicyError, format_duration, validate_public_key
+from ztb.client.commands.session_text import (
+    describe,
+    grants_text,
+    report_text,
+    state_text,
+    when_text,
+)
+from ztb.client.http import ZtbClient
+from ztb.client.keys import fill_private_key, key_path, keys_dir, write_secret
 from ztb.wgkeys import key_pair
 
 app = typer.Typer(
     no_args_is_help=True, add_completion=False, help="Request, approve and end access sessions."
 )
-
-ACTIVE_WAIT_S = 10.0
-ACTIVE_POLL_S = 0.02
-ACTIVE_POLL_MAX_S = 0.25
 
 SessionArgument = Annotated[str, typer.Argument(help="Session id, e.g. ses_3k9f...")]
 GrantOption = Annotated[
@@ -52,34 +54,8 @@ GrantOption = Annotated[
 ]
 ReasonOption = Annotated[str | None, typer.Option("--reason", help="Why, for the record.")]
 
-PRIVATE_KEY_PLACEHOLDER = "PrivateKey = <your private key>"
-_SAFE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-
 
 # -- the technician's key pair -------------------------------------------------------------
-
-
-def keys_dir() -> Path:
-    """``$ZTB_HOME/keys``, else ``$XDG_CONFIG_HOME/ztb/keys``, else ``~/.config/ztb/keys``."""
-    if home := os.environ.get("ZTB_HOME"):
-        return Path(home) / "keys"
-    config = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
-    return Path(config) / "ztb" / "keys"
-
-
-def key_path(session_id: str) -> Path:
-    if not _SAFE_ID.match(session_id):
-        raise ValueError(f"unexpected session id {session_id!r}")
-    return keys_dir() / f"{session_id}.key"
-
-
-def write_secret(path: Path, text: str) -> None:
-    """Write ``text`` readable by the owner only, also when ``path`` already existed."""
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as file:
-        os.fchmod(fd, 0o600)
-        file.write(text)
 
 
 def _read_key_file(path: Path) -> str:
@@ -93,79 +69,6 @@ def _read_key_file(path: Path) -> str:
         return validate_public_key(text)  # a private key has the same 32-byte base64 shape
     except PolicyError as exc:
         raise typer.BadParameter(f"{path}: {exc}", param_hint="--key-file") from None
-
-
-def fill_private_key(config: str, session_id: str) -> str:
-    """Put the locally kept private key into the broker's placeholder line, if it has one."""
-    lines = config.splitlines(keepends=True)
-    spots = [i for i, line in enumerate(lines) if line.strip() == PRIVATE_KEY_PLACEHOLDER]
-    if not spots:
-        return config
-    path = key_path(session_id)
-    try:
-        private_key = path.read_text().strip()
-    except FileNotFoundError:
-        raise RuntimeError(
-            f"the private key of {session_id} is not on this machine (looked for {path}); "
-            "fetch the config where the session was requested"
-        ) from None
-    for i in spots:
-        lines[i] = f"PrivateKey = {private_key}\n"
-    return "".join(lines)
-
-
-# -- how sessions read ---------------------------------------------------------------------
-
-
-def grant_text(grant: object) -> str:
-    if isinstance(grant, dict):
-        try:
-            return str(Grant.from_dict(grant))
-        except PolicyError:
-            return " ".join(str(v) for v in grant.values())
-    return str(grant)
-
-
-def grants_text(grants: object) -> str:
-    return ", ".join(grant_text(g) for g in grants) if isinstance(grants, list) else "-"
-
-
-def state_text(session: dict[str, Any]) -> str:
-    state = str(session.get("state", "?"))
-    reason = session.get("end_reason")
-    return f"{state} ({reason})" if state == "ended" and reason else state
-
-
-def when_text(session: dict[str, Any]) -> str:
-    state = session.get("state")
-    if state == "requested":
-        duration = session.get("duration_s")
-        return f"for {format_duration(duration)}" if isinstance(duration, int) else ""
-    if state == "ended":
-        return f"ended {clock(session.get('ended_at'))}"
-    return f"expires {clock(session.get('expires_at'))}"
-
-
-def describe(session: dict[str, Any]) -> str:
-    """``session ses_x  approved  thermostat 192.168.1.20 tcp/443  expires 14:32 UTC``."""
-    parts = [
-        f"session {session.get('id')}",
-        state_text(session),
-        grants_text(session.get("grants")),
-        when_text(session),
-    ]
-    if session.get("pending_grants"):
-        parts.append(f"pending {grants_text(session.get('pending_grants'))}")
-    return "  ".join(part for part in parts if part)
-
-
-def _size(count: object) -> str:
-    if not isinstance(count, int) or count < 0:
-        return "-"
-    if count < 1024:
-        return f"{count} B"
-    exponent = min(3, (count.bit_length() - 1) // 10)
-    return f"{count / 1024**exponent:.1f} {('B', 'KiB', 'MiB', 'GiB')[exponent]}"
 
 
 def _request_with_local_key(
@@ -238,7 +141,7 @@ def _change(
     token: str | None,
     ca_cert: Path | None,
     as_json: bool,
-    change: Callable[[BrokerClient], dict[str, Any]],
+    change: Callable[[ZtbClient], dict[str, Any]],
 ) -> None:
     """Run one state change and print the session as it is afterwards."""
     with connect(broker, token, ca_cert) as client:
@@ -427,29 +330,6 @@ def session_config(
         typer.echo(config, nl=False)
 
 
-def wait_until_active(
-    client: BrokerClient, session_id: str, limit_s: float, *, announce: bool = True
-) -> None:
-    """Hold the config until the router has applied the session (state ``active``).
-
-    A tunnel brought up before the router has the peer sends a handshake that goes
-    unanswered, and WireGuard retries only after 5 s: waiting here is what makes access
-    start in a fraction of a second. Polls start fast (the agent usually applies within
-    milliseconds) and back off; past ``limit_s`` the config is given anyway.
-    """
-    deadline = time.monotonic() + limit_s
-    pause = ACTIVE_POLL_S
-    while True:
-        state = client.get_session(session_id).get("state")
-        if state != "approved" or time.monotonic() >= deadline:
-            return
-        if announce:
-            print("waiting for the home router to apply the session...", file=sys.stderr)
-            announce = False
-        time.sleep(pause)
-        pause = min(pause * 1.5, ACTIVE_POLL_MAX_S)
-
-
 def _print_qr(config: str) -> None:
     try:
         import segno
@@ -470,39 +350,3 @@ def session_report(
     with connect(broker, token, ca_cert) as client:
         report = client.session_report(session_id)
     emit(as_json, report, report_text(report))
-
-
-def report_text(report: dict[str, Any]) -> str:
-    session: dict[str, Any] = report.get("session") or {}
-    approved_by = session.get("approved_by")
-    head = fields(
-        [
-            ("session", f"{session.get('id')}  {state_text(session)}"),
-            ("home", session.get("home_id")),
-            ("technician", session.get("technician_id")),
-            ("reason", session.get("reason")),
-            (
-                "approved by",
-                approved_by and f"{approved_by} at {clock(session.get('approved_at'))}",
-            ),
-            ("tunnel ip", session.get("tunnel_ip")),
-            ("last handshake", clock(report.get("last_handshake"))),
-        ]
-    )
-    grants = [
-        (grant_text(g.get("grant")), str(g.get("packets", "-")), _size(g.get("bytes")))
-        for g in report.get("grants") or []
-        if isinstance(g, dict)
-    ]
-    events = [
-        (clock(e.get("time")), str(e.get("action")), str(e.get("actor") or "-"))
-        for e in report.get("timeline") or []
-        if isinstance(e, dict)
-    ]
-    return "\n\n".join(
-        [
-            head,
-            table(("grant", "packets", "bytes"), grants),
-            table(("time", "event", "by"), events),
-        ]
-    )

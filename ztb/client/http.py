@@ -1,8 +1,10 @@
-"""Typed HTTP client for the broker API (docs/api.md), used by the ``ztb`` client commands.
+"""The people's HTTP client for the broker API (docs/api.md), used by the ``ztb`` commands.
 
-It depends on httpx alone, so the technician's bare ``pip install ztb`` can run it. Every
-failure surfaces as :class:`BrokerError` with one readable line: the broker's ``detail``
-for 4xx/5xx answers, or what went wrong on the way (unreachable, TLS, not JSON).
+It depends on httpx alone, so the technician's bare ``pip install ztb`` can run it, and it
+never imports the broker. Every failure surfaces as :class:`ClientError` with one readable
+line: the broker's ``detail`` for 4xx/5xx answers (:class:`StatusError`), or what went
+wrong on the way (unreachable, TLS, not JSON). The home agent talks to the broker through
+its own client (``agent.broker_client``: mTLS against a pinned CA), not this one.
 """
 
 from __future__ import annotations
@@ -24,11 +26,11 @@ default_transport: httpx.BaseTransport | None = None
 DEFAULT_TIMEOUT_S = 30.0
 
 
-class BrokerError(Exception):
+class ClientError(Exception):
     """A call to the broker failed; the message is one line meant for a person."""
 
 
-class ApiError(BrokerError):
+class StatusError(ClientError):
     """The broker answered with an error status; ``detail`` is its own explanation."""
 
     def __init__(self, status: int, detail: str) -> None:
@@ -66,14 +68,14 @@ def _tls_context(ca_cert: Path | None) -> ssl.SSLContext:
     if ca_cert is None:
         return ssl.create_default_context()
     if not ca_cert.is_file():
-        raise BrokerError(f"CA certificate file not found: {ca_cert}")
+        raise ClientError(f"CA certificate file not found: {ca_cert}")
     try:
         return ssl.create_default_context(cafile=str(ca_cert))
     except ssl.SSLError as exc:
-        raise BrokerError(f"cannot load CA certificate {ca_cert}: {exc}") from None
+        raise ClientError(f"cannot load CA certificate {ca_cert}: {exc}") from None
 
 
-class BrokerClient:
+class ZtbClient:
     """One broker, one identity. Methods mirror docs/api.md and return its JSON objects."""
 
     def __init__(
@@ -86,7 +88,7 @@ class BrokerClient:
         timeout_s: float = DEFAULT_TIMEOUT_S,
     ) -> None:
         if not base_url.startswith(("https://", "http://")):
-            raise BrokerError(f"broker URL must start with https:// or http://, not {base_url!r}")
+            raise ClientError(f"broker URL must start with https:// or http://, not {base_url!r}")
         self.base_url = base_url.rstrip("/")
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         transport = transport or default_transport
@@ -101,7 +103,7 @@ class BrokerClient:
     def close(self) -> None:
         self._http.close()
 
-    def __enter__(self) -> BrokerClient:
+    def __enter__(self) -> ZtbClient:
         return self
 
     def __exit__(
@@ -119,18 +121,18 @@ class BrokerClient:
             response = self._http.send(request, stream=stream)
         except httpx.ConnectError as exc:
             hint = " (check --ca-cert / ZTB_CA_CERT)" if "CERTIFICATE" in str(exc) else ""
-            raise BrokerError(
+            raise ClientError(
                 f"cannot reach the broker at {self.base_url}: {_one_line(str(exc))}{hint}"
             ) from None
         except httpx.TimeoutException:
-            raise BrokerError(f"the broker at {self.base_url} did not answer in time") from None
+            raise ClientError(f"the broker at {self.base_url} did not answer in time") from None
         except httpx.HTTPError as exc:
-            raise BrokerError(f"talking to the broker failed: {_one_line(str(exc))}") from None
+            raise ClientError(f"talking to the broker failed: {_one_line(str(exc))}") from None
         if response.is_error:
             if stream:
                 response.read()
                 response.close()
-            raise ApiError(response.status_code, _detail_of(response))
+            raise StatusError(response.status_code, _detail_of(response))
         return response
 
     def _call(
@@ -155,9 +157,9 @@ class BrokerClient:
         try:
             data = response.json()
         except ValueError:
-            raise BrokerError(f"broker sent no JSON for {method} {path}") from None
+            raise ClientError(f"broker sent no JSON for {method} {path}") from None
         if not isinstance(data, dict):
-            raise BrokerError(f"broker sent unexpected JSON for {method} {path}")
+            raise ClientError(f"broker sent unexpected JSON for {method} {path}")
         return data
 
     def _items(self, path: str, key: str, params: dict[str, str] | None = None) -> list[Json]:
@@ -297,6 +299,6 @@ class BrokerClient:
         try:
             yield from (line for line in response.iter_lines() if line.strip())
         except httpx.HTTPError as exc:
-            raise BrokerError(f"audit export broke off: {_one_line(str(exc))}") from None
+            raise ClientError(f"audit export broke off: {_one_line(str(exc))}") from None
         finally:
             response.close()

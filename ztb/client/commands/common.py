@@ -1,7 +1,7 @@
 """Options and output shared by the client command groups (user, home, device, session, audit).
 
 These groups run on a technician's laptop with only typer and httpx installed, so this
-module imports nothing heavier than the pure ``netpolicy`` core and ``broker.client``.
+module imports nothing heavier than the pure ``netpolicy`` core and ``ztb.client.http``.
 Output is short aligned text by default and exactly one JSON object with ``--json``.
 """
 
@@ -15,8 +15,8 @@ from typing import Annotated, Any
 
 import typer
 
-from broker.client import BrokerClient
 from netpolicy import HARD_MAX_DURATION_S, GrantSpec, PolicyError, parse_duration
+from ztb.client.http import ZtbClient
 
 BrokerOption = Annotated[
     str | None,
@@ -46,13 +46,13 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object.
 
 def connect(
     broker: str | None, token: str | None, ca_cert: Path | None, *, need_token: bool = True
-) -> BrokerClient:
+) -> ZtbClient:
     """A client for the chosen broker, or a one-line error naming the missing setting."""
     if not broker:
         raise typer.BadParameter("no broker URL: pass --broker or set ZTB_BROKER")
     if need_token and not token:
         raise typer.BadParameter("no API token: pass --token or set ZTB_TOKEN")
-    return BrokerClient(broker, token, ca_cert=ca_cert)
+    return ZtbClient(broker, token, ca_cert=ca_cert)
 
 
 # -- input ---------------------------------------------------------------------------------

@@ -6,7 +6,14 @@ import json
 
 import typer
 
-from broker.cli.common import BrokerOption, CaCertOption, JsonOption, TokenOption, connect, emit
+from ztb.client.commands.common import (
+    BrokerOption,
+    CaCertOption,
+    JsonOption,
+    TokenOption,
+    connect,
+    emit,
+)
 
 app = typer.Typer(
     no_args_is_help=True, add_completion=False, help="Verify and export the audit chain."

@@ -7,7 +7,10 @@ from typing import Annotated, Any
 
 import typer
 
-from broker.cli.common import (
+from netpolicy import DEFAULT_MAX_DURATION_S, PolicyError, format_duration, validate_lan
+from netpolicy.policy import GrantRule
+from netpolicy.validation import parse_address, parse_network
+from ztb.client.commands.common import (
     BrokerOption,
     CaCertOption,
     JsonOption,
@@ -20,9 +23,6 @@ from broker.cli.common import (
     fields,
     table,
 )
-from netpolicy import DEFAULT_MAX_DURATION_S, PolicyError, format_duration, validate_lan
-from netpolicy.policy import GrantRule
-from netpolicy.validation import parse_address, parse_network
 
 app = typer.Typer(
     no_args_is_help=True, add_completion=False, help="Manage homes and agent enrollment."
