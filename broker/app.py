@@ -17,11 +17,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from netpolicy import PolicyError
 
-from . import audit, pki
+from . import audit, pki, secret_key
 from .auth import write_last_seen
 from .clock import Clock, system_clock
 from .config import Settings
 from .context import Broker
+from .db import sealing
 from .db.engine import make_engine, migrate, session_factory
 from .errors import ApiError
 from .expiry import run_maintenance
@@ -175,7 +176,10 @@ def create_app(
     ``run_maintenance(app.state.broker)`` themselves."""
     settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     engine = make_engine(settings.database_url)
+    box = secret_key.open_box(settings, engine)
+    sealing.attach(engine, box)
     migrate(engine)
+    secret_key.check_fingerprint(engine, box)
     metrics = Metrics()
     broker = Broker(
         settings=settings,

@@ -23,6 +23,8 @@ class Settings:
     # Names (DNS or IP) agents dial: the broker's HTTPS certificate is issued for them.
     tls_names: tuple[str, ...] = ("localhost", "127.0.0.1")
     agent_cert_lifetime_s: int = 24 * 3600
+    # The key sealing secrets at rest (``broker.secret_key``); default DATA_DIR/secrets.key.
+    secret_key_file: Path | None = None
 
     @property
     def database_url(self) -> str:

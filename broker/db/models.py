@@ -18,7 +18,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from .types import UtcDateTime
+from .types import Sealed, UtcDateTime
 
 LIVE_STATES = ("approved", "active")
 SESSION_STATES = ("requested", *LIVE_STATES, "ended")
@@ -37,7 +37,7 @@ class User(Base):
     email: Mapped[str] = mapped_column(String(254), unique=True)
     role: Mapped[str] = mapped_column(String(16))
     password_hash: Mapped[str | None] = mapped_column(String(255))
-    totp_secret: Mapped[str | None] = mapped_column(String(64))
+    totp_secret: Mapped[str | None] = mapped_column(Sealed("users.totp_secret"))
     totp_enabled: Mapped[bool] = mapped_column(default=False)
     # Last accepted TOTP time step: a code is good once (replays are refused).
     totp_last_step: Mapped[int] = mapped_column(Integer, default=0)
@@ -68,7 +68,7 @@ class Home(Base):
     endpoint: Mapped[str | None] = mapped_column(String(255))
     agent_public_key: Mapped[str | None] = mapped_column(String(44))
     webhook_url: Mapped[str | None] = mapped_column(String(2048))
-    webhook_secret: Mapped[str | None] = mapped_column(String(128))
+    webhook_secret: Mapped[str | None] = mapped_column(Sealed("homes.webhook_secret"))
     require_totp_for_approval: Mapped[bool] = mapped_column(default=False)
     policy: Mapped[dict[str, Any]] = mapped_column(default=dict)
     # Bumped on every change the agent must apply; the long-poll compares against it.
@@ -173,9 +173,10 @@ class AccessSession(Base):
     tunnel_ip: Mapped[str | None] = mapped_column(String(64))
     public_key: Mapped[str | None] = mapped_column(String(44))
     key_origin: Mapped[str] = mapped_column(String(16))
-    # Secrets the agent or technician still needs; wiped when no longer needed.
-    preshared_key: Mapped[str | None] = mapped_column(String(44))
-    private_key_once: Mapped[str | None] = mapped_column(String(44))
+    # Secrets the agent or technician still needs; wiped when no longer needed, sealed
+    # (encrypted) until then.
+    preshared_key: Mapped[str | None] = mapped_column(Sealed("sessions.preshared_key"))
+    private_key_once: Mapped[str | None] = mapped_column(Sealed("sessions.private_key_once"))
     config_downloads: Mapped[int] = mapped_column(Integer, default=0)
     last_handshake: Mapped[datetime | None]
     counters: Mapped[dict[str, Any]] = mapped_column(default=dict)
@@ -214,6 +215,15 @@ class AuditCheckpoint(Base):
     at: Mapped[str] = mapped_column(String(40))
     public_key: Mapped[str] = mapped_column(String(64))
     signature: Mapped[str] = mapped_column(String(128))
+
+
+class SealingKey(Base):
+    """One row: the fingerprint of the key secrets are sealed with (``broker.secret_key``)."""
+
+    __tablename__ = "sealing_key"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    fingerprint: Mapped[str] = mapped_column(String(64))
 
 
 def table_of(model: type[Base]) -> Table:

@@ -5,8 +5,10 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import DateTime, Dialect
+from sqlalchemy import DateTime, Dialect, Text
 from sqlalchemy.types import TypeDecorator
+
+from .sealing import box_of
 
 
 class UtcDateTime(TypeDecorator[datetime]):
@@ -27,3 +29,27 @@ class UtcDateTime(TypeDecorator[datetime]):
             return None
         assert isinstance(value, datetime)
         return value.replace(tzinfo=UTC)
+
+
+class Sealed(TypeDecorator[str]):
+    """A secret the broker must read back, stored encrypted (``broker.db.sealing``).
+
+    ``purpose`` (the column's ``table.column``) is the associated data: a sealed value
+    opens only in the column it was written to."""
+
+    impl = Text
+    cache_ok = True
+
+    def __init__(self, purpose: str) -> None:
+        super().__init__()
+        self.purpose = purpose
+
+    def process_bind_param(self, value: str | None, dialect: Dialect) -> str | None:
+        if value is None:
+            return None
+        return box_of(dialect).seal(value, self.purpose)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> str | None:
+        if value is None:
+            return None
+        return box_of(dialect).open(str(value), self.purpose)
