@@ -27,13 +27,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
-from netpolicy import PolicyError
+from netpolicy import AgentReport, PolicyError
 
 from .desired_file import Delivery
 from .events import log_event
 from .http_lite import BrokerError, CertificateRejected, DaemonClient
+from .reconcile import bounded_report
 from .state_dir import StateDir, StateError
 
 WAIT_S = 25
@@ -100,58 +100,18 @@ def renew_in_child(state_dir: Path, failures: int) -> RenewalOutcome:
         )
 
 
-_ELEMENT_FIELDS = ("session_id", "device_ip", "proto", "ports", "packets", "bytes")
-
-
-def _element_key(row: dict[str, Any]) -> tuple[Any, ...]:
-    return row["session_id"], row["device_ip"], row["proto"], row["ports"]
-
-
-def broker_report(status: dict[str, Any]) -> dict[str, Any] | None:
-    """The ``POST /v1/agent/report`` body for an agent status (None before any apply).
-
-    A status without counters (right after an apply) reports only the revision and the
-    final counters of elements that just went (marked ``"final": true``): the broker
-    updates the counters listed and leaves the others, and its handshakes, as they are.
-    """
-    revision = status.get("revision")
-    if revision is None:
-        return None
-    finals = [
-        {**{k: e[k] for k in _ELEMENT_FIELDS}, "final": True}
-        for e in status.get("finals", ())
-        if e["session_id"] is not None
-    ]
-    payload: dict[str, Any] = {"revision": revision, "peers": [], "elements": finals}
-    if status.get("counters"):
-        payload["peers"] = [
-            {
-                "public_key": p["public_key"],
-                "last_handshake": p["last_handshake"] or None,
-                "rx_bytes": p["rx_bytes"],
-                "tx_bytes": p["tx_bytes"],
-            }
-            for p in status["peers"]
-            if p["session_id"] is not None
-        ]
-        payload["elements"] += [
-            {k: e[k] for k in _ELEMENT_FIELDS}
-            for e in status["elements"]
-            if e["session_id"] is not None
-        ]
-    return payload
-
-
-def carry_finals(older: dict[str, Any], newer: dict[str, Any]) -> dict[str, Any]:
+def carry_finals(older: AgentReport, newer: AgentReport) -> AgentReport:
     """``newer`` plus the final counters of ``older`` it does not have.
 
     Only the newest waiting report is sent, but final counters are read once: the kernel
     has deleted their elements, so dropping them would lose them for good. They go first,
     so a fresher row for the same element in ``newer`` wins at the broker.
     """
-    have = {_element_key(e) for e in newer["elements"]}
-    carried = [e for e in older["elements"] if e.get("final") and _element_key(e) not in have]
-    return {**newer, "elements": carried + newer["elements"]} if carried else newer
+    have = {e.key for e in newer.elements}
+    carried = [e for e in older.elements if e.final and e.key not in have]
+    if not carried:
+        return newer
+    return bounded_report(newer.revision, newer.peers, [*carried, *newer.elements])
 
 
 def _utcnow() -> datetime:
@@ -188,7 +148,7 @@ class BrokerSource:
         self._next_renewal: datetime | None = None
         self._changed = threading.Condition()
         self._delivery: Delivery | None = None
-        self._payload: dict[str, Any] | None = None
+        self._payload: AgentReport | None = None
         self._report_failures = 0
 
     # ------------------------------------------------------------------ run loop side
@@ -205,11 +165,8 @@ class BrokerSource:
             delivery, self._delivery = self._delivery, None
         return delivery
 
-    def report(self, status: dict[str, Any]) -> None:
+    def report(self, payload: AgentReport) -> None:
         """Queue a report; only the newest waiting one is sent (with older final counters)."""
-        payload = broker_report(status)
-        if payload is None:
-            return
         with self._changed:
             waiting = self._payload
             self._payload = payload if waiting is None else carry_finals(waiting, payload)

@@ -16,13 +16,13 @@ import json
 import ssl
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 from urllib.parse import urlsplit
 
 from agent.state_dir import StateDir
-from netpolicy import DesiredState
+from netpolicy import AgentReport, DesiredState
 
 MAX_WAIT_S = 60
 # The long-poll may hold the request for ``wait`` seconds; allow this much on top.
@@ -187,10 +187,9 @@ class DaemonClient:
             return None
         return DesiredState.from_dict(_json_object(reply, "/v1/agent/state")), arrived
 
-    def report(self, payload: Mapping[str, Any]) -> None:
-        """``POST /v1/agent/report``: applied revision, peers, element counters, neighbours."""
-        body = json.dumps(dict(payload), separators=(",", ":")).encode()
-        self._send("POST", "/v1/agent/report", body, self._timeout_s)
+    def report(self, report: AgentReport) -> None:
+        """``POST /v1/agent/report``: applied revision, peers' handshakes, element counters."""
+        self._send("POST", "/v1/agent/report", report.to_json().encode(), self._timeout_s)
 
     def _send(self, method: str, path: str, body: bytes | None, timeout: float) -> Reply:
         endpoint = f"{method} {path.partition('?')[0]}"

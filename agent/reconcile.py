@@ -34,11 +34,20 @@ hands them to the report):
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from netpolicy import DesiredState, HomeNetwork, LiveSession
+from netpolicy import (
+    AgentReport,
+    DesiredState,
+    ElementCounters,
+    HomeNetwork,
+    LiveSession,
+    PeerReport,
+    PortRange,
+)
+from netpolicy.grants import parse_ip
 from netpolicy.nft import (
     LIFETIME_SLACK_S,
     ElementDiff,
@@ -51,6 +60,7 @@ from netpolicy.nft import (
     table_commands,
     timeout_seconds,
 )
+from netpolicy.report import MAX_ELEMENTS, MAX_PEERS
 
 from .events import log_event
 from .lifetimes import SessionLifetimes, remaining_at
@@ -86,6 +96,29 @@ class ApplyResult:
         return bool(
             self.elements_added or self.elements_deleted or self.peers_set or self.peers_removed
         )
+
+
+def bounded_report(
+    revision: int, peers: Sequence[PeerReport] = (), elements: Sequence[ElementCounters] = ()
+) -> AgentReport:
+    """A report of at most what the broker accepts; the first rows win (finals go first).
+
+    A home never comes near the bounds in practice; if one did, a report the broker
+    refuses would block every later one, so the rest waits for the next reading.
+    """
+    return AgentReport(revision, tuple(peers[:MAX_PEERS]), tuple(elements[:MAX_ELEMENTS]))
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """One read of the kernel: the status file's view and the broker's report of it.
+
+    ``report`` is None before the first document (there is no revision to report); it
+    holds what sessions own, cut to the report's bounds (the status keeps everything).
+    """
+
+    status: dict[str, Any]
+    report: AgentReport | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,6 +217,16 @@ def _has_table(listing: Listing) -> bool:
 
 def _ports(key: ElementKey) -> str:
     return str(key.first) if key.first == key.last else f"{key.first}-{key.last}"
+
+
+def element_counters(
+    session_id: str, key: ElementKey, element: KernelElement, final: bool = False
+) -> ElementCounters:
+    """One element's kernel counters as the report carries them."""
+    ports = PortRange(key.first, key.last)
+    return ElementCounters(
+        session_id, parse_ip(key.device_ip), key.proto, ports, element.packets, element.bytes, final
+    )
 
 
 def _by_tunnel(*documents: DesiredState | None) -> dict[str, str]:
@@ -472,20 +515,14 @@ class Agent:
         self._plan_timers(kernel, None)
         return len(owned)
 
-    def take_final_counters(self) -> list[dict[str, Any]]:
-        """Counters read just before their elements went, once each, for the next report."""
+    def take_final_counters(self) -> list[ElementCounters]:
+        """Counters read just before their elements went, once each, for the next report.
+
+        The one place a reading is marked ``final``: nothing later can be read of them.
+        """
         finals, self._finals = self._finals, {}
         return [
-            {
-                "session_id": sid,
-                "tunnel_ip": key.tunnel_ip,
-                "device_ip": key.device_ip,
-                "proto": key.proto,
-                "ports": _ports(key),
-                "packets": element.packets,
-                "bytes": element.bytes,
-                "final": True,
-            }
+            element_counters(sid, key, element, final=True)
             for key, (sid, element) in sorted(finals.items())
         ]
 
@@ -518,14 +555,29 @@ class Agent:
         peers = list(kernel.peers.values()) if kernel else []
         return self._describe(elements, peers, counters=False)
 
-    def report(self) -> dict[str, Any]:
+    def report(self) -> Reading:
         """Per-session lifetimes and the kernel's per-element and per-peer counters.
 
         Reads the whole table and every peer: for the periodic report, not every apply.
         """
         peers = self.wireguard.list_peers()
         elements = parse_set_listing(self.nft.list_table())
-        return self._describe(elements, peers, counters=True)
+        status = self._describe(elements, peers, counters=True)
+        desired = self._desired
+        if desired is None:
+            return Reading(status, None)
+        by_tunnel, by_key = self._session_ids()
+        owned = [
+            element_counters(by_tunnel[key.tunnel_ip], key, element)
+            for key, element in sorted(elements.items())
+            if key.tunnel_ip in by_tunnel
+        ]
+        peer_reports = [
+            PeerReport(p.public_key, p.last_handshake or None, p.rx_bytes, p.tx_bytes)
+            for p in sorted(peers, key=lambda p: p.public_key)
+            if p.public_key in by_key
+        ]
+        return Reading(status, bounded_report(desired.revision, peer_reports, owned))
 
     def _describe(
         self,

@@ -24,21 +24,20 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from netpolicy import DesiredState, PolicyError
+from netpolicy import AgentReport, DesiredState, PolicyError
 from ztb.files import write_atomic
 
 from .desired_file import DesiredStateSource
 from .events import log_event
 from .nft_backend import NftError
-from .reconcile import Agent, Clock
+from .reconcile import Agent, Clock, bounded_report
 from .wg_backend import WireGuardError
 
 _RETRY_S = 1.0
 _APPLY_ERRORS = (NftError, WireGuardError, OSError, subprocess.TimeoutExpired)
-# Receives ``{"revision", "counters": False, "finals": [...]}`` after each new document
-# (enough to say "applied") and whenever sessions' final counters were read, and every
-# report interval the full status with the kernel's counters.
-Reporter = Callable[[dict[str, Any]], None]
+# Receives the revision alone after each new document (enough to say "applied") or with the
+# final counters of sessions that just left, and every report interval the kernel's counters.
+Reporter = Callable[[AgentReport], None]
 
 
 class Runner:
@@ -149,7 +148,7 @@ class Runner:
         finals = self.agent.take_final_counters()
         desired = self.agent.desired
         if self.reporter is not None and desired is not None and (always or finals):
-            self.reporter({"revision": desired.revision, "counters": False, "finals": finals})
+            self.reporter(bounded_report(desired.revision, elements=finals))
 
     def _report_due(self, now: float) -> bool:
         if self.agent.desired is None:
@@ -160,13 +159,13 @@ class Runner:
         """Read the kernel's counters and handshakes: status file and reporter."""
         self._last_report = now
         try:
-            status = self.agent.report()
+            reading = self.agent.report()
         except _APPLY_ERRORS as exc:
             log_event("report_failed", error=exc)
             return
-        self._write_status(status)
-        if self.reporter is not None:
-            self.reporter(status)
+        self._write_status(reading.status)
+        if self.reporter is not None and reading.report is not None:
+            self.reporter(reading.report)
 
     def _write_status(self, status: dict[str, Any]) -> None:
         if self.status_file is None:

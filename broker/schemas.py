@@ -119,9 +119,11 @@ class Element(BaseModel):
     ports: str = Field(max_length=16)
     packets: int = Field(ge=0)
     bytes: int = Field(ge=0)
+    final: bool = False
 
 
 class Report(Body):
+    version: Literal[1] = 1
     revision: int = Field(ge=0)
     peers: list[Peer] = Field(default_factory=list, max_length=4096)
     elements: list[Element] = Field(default_factory=list, max_length=65536)

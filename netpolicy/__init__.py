@@ -3,6 +3,7 @@
 from .errors import PolicyError
 from .grants import PROTOCOLS, Grant, GrantSpec, PortRange, Proto, merge_grants
 from .model import PROTOCOL_VERSION, DesiredState, HomeNetwork, LiveSession
+from .report import REPORT_VERSION, AgentReport, ElementCounters, PeerReport
 from .validation import (
     DEFAULT_MAX_DURATION_S,
     HARD_MAX_DURATION_S,
@@ -19,11 +20,15 @@ __all__ = [
     "HARD_MAX_DURATION_S",
     "PROTOCOLS",
     "PROTOCOL_VERSION",
+    "REPORT_VERSION",
+    "AgentReport",
     "DesiredState",
+    "ElementCounters",
     "Grant",
     "GrantSpec",
     "HomeNetwork",
     "LiveSession",
+    "PeerReport",
     "PolicyError",
     "PortRange",
     "Proto",

@@ -17,6 +17,7 @@ IPAddress = IPv4Address | IPv6Address
 # Exactly the strings IPv4Address accepts: four ASCII decimal octets 0-255, no leading zeros.
 _OCTET = "(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
 _DOTTED_QUAD = re.compile(rf"{_OCTET}\.{_OCTET}\.{_OCTET}\.{_OCTET}")
+_PORTS = re.compile(r"([0-9]{1,5})(?:-([0-9]{1,5}))?")  # ASCII digits: int() takes any script's
 _GRANT_SPEC = re.compile(
     r"^(?P<device>[A-Za-z0-9][A-Za-z0-9_.-]{0,62}):(?P<proto>[a-z]+)/(?P<ports>\S+)$"
 )
@@ -61,14 +62,12 @@ class PortRange:
 
     @classmethod
     def parse(cls, text: str) -> PortRange:
-        """Accept ``443`` or ``8000-8010``."""
-        first, sep, last = text.partition("-")
-        try:
-            low = int(first)
-            high = int(last) if sep else low
-        except ValueError:
-            raise PolicyError(f"ports must look like 443 or 8000-8010, not {text!r}") from None
-        return cls(low, high)
+        """Accept ``443`` or ``8000-8010``: ASCII digits only, no sign, space or ``_``."""
+        match = _PORTS.fullmatch(text) if isinstance(text, str) else None
+        if match is None:
+            raise PolicyError(f"ports must look like 443 or 8000-8010, not {text!r}")
+        low = int(match[1])
+        return cls(low, int(match[2]) if match[2] else low)
 
     def __contains__(self, port: object) -> bool:
         return isinstance(port, int) and self.first <= port <= self.last

@@ -12,7 +12,7 @@ from .grants import IPAddress, parse_ip
 
 HARD_MAX_DURATION_S = 8 * 3600
 DEFAULT_MAX_DURATION_S = 3600
-_DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
+_DURATION = re.compile(r"(?:([0-9]+)h)?(?:([0-9]+)m)?(?:([0-9]+)s)?")  # ASCII digits only
 
 IPNetwork = IPv4Network | IPv6Network
 
@@ -20,9 +20,9 @@ IPNetwork = IPv4Network | IPv6Network
 def parse_duration(text: str) -> int:
     """Seconds from ``90``, ``30m``, ``1h30m`` or ``45s``."""
     text = text.strip()
-    if text.isdigit():
+    if text.isascii() and text.isdigit():
         return int(text)
-    match = _DURATION.match(text)
+    match = _DURATION.fullmatch(text)
     if not text or not match:
         raise PolicyError(f"duration must look like 30m, 1h30m or 90s, not {text!r}")
     hours, minutes, seconds = (int(part or 0) for part in match.groups())

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from agent.wg_uapi import socket_path
-from netpolicy import nft
+from netpolicy import AgentReport, nft
 from tests.unit.test_agent_reconcile import key, make_session, make_state
 
 pytestmark = pytest.mark.lab
@@ -360,7 +360,6 @@ def final_counters_steps(choice: str, tech: str, mode: str, tmp: str) -> dict[st
     """In the router ns: run the loop, knock, then end the session (revoke or expiry)."""
     import threading
 
-    from agent.broker_source import broker_report
     from agent.desired_file import DesiredStateFile
     from agent.fakes import FakeWireGuard
     from agent.nft_backend import make_nft
@@ -368,12 +367,11 @@ def final_counters_steps(choice: str, tech: str, mode: str, tmp: str) -> dict[st
     from agent.runner import Runner
 
     desired = Path(tmp) / "desired.json"
-    sent: list[dict[str, Any]] = []
+    sent: list[AgentReport] = []
     backend = make_nft(choice)  # type: ignore[arg-type]
     agent = Agent(FakeWireGuard(), backend, InterfaceSpec(TUNNEL_IF, key(90), 51999))
     source = DesiredStateFile(desired)
-    runner = Runner(agent, source, threading.Event(), poll_interval=0.02,
-                    reporter=lambda status: sent.append(broker_report(status) or {}))  # fmt: skip
+    runner = Runner(agent, source, threading.Event(), poll_interval=0.02, reporter=sent.append)
 
     def step_until(done: Callable[[], bool], seconds: float) -> None:
         deadline = time.monotonic() + seconds
@@ -391,11 +389,11 @@ def final_counters_steps(choice: str, tech: str, mode: str, tmp: str) -> dict[st
         step_until(lambda: agent.desired is not None and agent.desired.revision == 2, 5)
     else:
         step_until(lambda: agent.next_expiry() is None, 6)
-    finals = [e for report in sent for e in report.get("elements", []) if e.get("final")]
+    finals = [e for report in sent for e in report.elements if e.final]
     return {
         "before": before,
         "after": kernel_counters(),
-        "finals": [[e["session_id"], e["ports"], e["packets"], e["bytes"]] for e in finals],
+        "finals": [[e.session_id, str(e.ports), e.packets, e.bytes] for e in finals],
         "seconds": time.monotonic() - started,
     }
 

@@ -31,7 +31,7 @@ from agent.broker_source import backoff_delay
 from agent.http_lite import CertificateRejected, DaemonClient, KeepAliveTransport, Reply
 from agent.state_dir import AgentConfig, CertificateValidity, StateDir, StateError
 from broker import enroll_token, pki
-from netpolicy import DesiredState, HomeNetwork, PolicyError
+from netpolicy import AgentReport, DesiredState, HomeNetwork, PolicyError
 
 URL = "https://198.51.100.2:8443"
 NOW = datetime.now(UTC)
@@ -163,7 +163,7 @@ def test_unreachable_broker(error: Exception) -> None:
 
     broker, _ = daemon_client(handler)
     with pytest.raises(BrokerError, match="cannot reach the broker for POST /v1/agent/report"):
-        broker.report({"revision": 1})
+        broker.report(AgentReport(1))
     with pytest.raises(BrokerError, match=r"cannot reach.*GET /v1/agent/state: .+") as e:
         broker.fetch_state(after=1, wait=0)
     assert e.value.status is None and "?" not in str(e.value)
@@ -171,8 +171,8 @@ def test_unreachable_broker(error: Exception) -> None:
 
 def test_report_posts_json() -> None:
     broker, transport = daemon_client(lambda sent: reply(204))
-    payload = {"revision": 5, "peers": [], "elements": [], "neighbours": []}
-    broker.report(payload)
+    broker.report(AgentReport(5))
+    payload = {"version": 1, "revision": 5, "peers": [], "elements": []}
     assert [(s.method, s.path, s.body, s.timeout) for s in transport.sent] == [
         ("POST", "/v1/agent/report", payload, 10.0)
     ]
@@ -285,7 +285,7 @@ def test_unreachable_port_is_a_broker_error() -> None:
         port = probe.getsockname()[1]  # bound, not listening: connections are refused
         transport = KeepAliveTransport(lambda: http.client.HTTPConnection("127.0.0.1", port))
         with pytest.raises(BrokerError, match=r"cannot reach.*refused"):
-            DaemonClient(transport).report({"revision": 1})
+            DaemonClient(transport).report(AgentReport(1))
 
 
 # --- backoff -----------------------------------------------------------------------------

@@ -15,10 +15,12 @@ from typing import Any
 
 import pytest
 
-from agent.broker_source import BrokerSource, RenewalOutcome, broker_report, renew_in_child
+from agent.broker_source import BrokerSource, RenewalOutcome, renew_in_child
 from agent.http_lite import DaemonClient, Reply
 from agent.runner import Runner
 from agent.state_dir import CertificateValidity, StateDir
+from netpolicy import AgentReport
+from netpolicy.nft import ElementKey
 from tests.unit.test_agent_broker_client import FakeTransport, Sent, reply
 from tests.unit.test_agent_reconcile import Rig, key, make_session, make_state
 
@@ -123,6 +125,7 @@ def test_new_revision_is_applied_and_reported(setup: Setup) -> None:
             "ports": "443",
             "packets": 0,
             "bytes": 0,
+            "final": False,
         }
     ]
     assert report["peers"] == [
@@ -135,7 +138,7 @@ def test_new_revision_is_applied_and_reported(setup: Setup) -> None:
     setup.source.send_report_once()
     # Between periodic reports, an apply reports its revision alone: empty lists leave
     # the broker's counters as they are.
-    assert setup.broker.reports[-1] == {"revision": 2, "peers": [], "elements": []}
+    assert setup.broker.reports[-1] == {"version": 1, "revision": 2, "peers": [], "elements": []}
     assert [f["after"] for f in setup.broker.fetches()] == ["-1", "1"]
     assert {f["wait"] for f in setup.broker.fetches()} == {"25"}
 
@@ -256,7 +259,7 @@ def test_renewal_child_reports_as_json(tmp_path: Path) -> None:
 
 def test_report_failures_keep_the_newest_payload(setup: Setup) -> None:
     setup.broker.report_status = 503
-    setup.source.report({"revision": 1, "counters": False})
+    setup.source.report(AgentReport(1))
     assert setup.source.send_report_once() == 0.75
     setup.broker.report_status = 204
     assert setup.source.send_report_once() == 0.0
@@ -266,24 +269,15 @@ def test_report_failures_keep_the_newest_payload(setup: Setup) -> None:
 
 
 def test_report_leaves_out_what_no_session_owns() -> None:
-    status = {
-        "revision": 4,
-        "counters": True,
-        "peers": [
-            {"public_key": "a", "session_id": None, "last_handshake": 1.0},
-            {
-                "public_key": "b",
-                "session_id": "s",
-                "last_handshake": 9.5,
-                "rx_bytes": 1,
-                "tx_bytes": 2,
-            },
-        ],
-        "elements": [{"session_id": None}],
-    }
-    assert broker_report(status) == {
-        "revision": 4,
-        "peers": [{"public_key": "b", "last_handshake": 9.5, "rx_bytes": 1, "tx_bytes": 2}],
-        "elements": [],
-    }
-    assert broker_report({"revision": None}) is None
+    rig = Rig()
+    assert rig.agent.report().report is None  # no document yet: no revision to report
+    rig.agent.apply(make_state(4, make_session(1)))
+    rig.wg.set_peer(key(9), None, ["100.64.0.99/32"])  # an orphan peer, until the resync
+    orphan = ElementKey(4, "100.64.0.99", "192.168.1.10", "tcp", 22, 22)
+    rig.nft.run([{"add": {"element": {"family": "inet", "table": "ztb", "name": "grants4",
+                 "elem": [{"elem": {"val": orphan.value(), "timeout": 60}}]}}}])  # fmt: skip
+    reading = rig.agent.report()
+    assert len(reading.status["elements"]) == 2 and len(reading.status["peers"]) == 2
+    assert reading.report is not None
+    assert [e.session_id for e in reading.report.elements] == ["s1"]
+    assert [p.public_key for p in reading.report.peers] == [key(1)]

@@ -8,16 +8,16 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Collection
+from ipaddress import IPv4Address
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from agent.broker_source import broker_report
 from agent.desired_file import DesiredStateFile
 from agent.reconcile import EXPIRY_READ_LEAD_S
 from agent.runner import Runner
-from netpolicy import DesiredState
+from netpolicy import AgentReport, DesiredState, ElementCounters, PortRange
 from netpolicy.nft import ElementKey, KernelElement, parse_set_listing
 from tests.unit.test_agent_broker_source import Setup, document, setup
 from tests.unit.test_agent_reconcile import Rig, key, make_session, make_state
@@ -33,17 +33,9 @@ def element(n: int, port: int) -> ElementKey:
     return ElementKey(4, f"100.64.0.{n + 1}", "192.168.1.10", "tcp", port, port)
 
 
-def final(n: int, port: int, packets: int, octets: int) -> dict[str, Any]:
-    return {
-        "session_id": f"s{n}",
-        "tunnel_ip": f"100.64.0.{n + 1}",
-        "device_ip": "192.168.1.10",
-        "proto": "tcp",
-        "ports": str(port),
-        "packets": packets,
-        "bytes": octets,
-        "final": True,
-    }
+def final(n: int, port: int, packets: int, octets: int) -> ElementCounters:
+    ip = IPv4Address("192.168.1.10")
+    return ElementCounters(f"s{n}", ip, "tcp", PortRange.single(port), packets, octets, True)
 
 
 # ---------------------------------------------------------------- revoke
@@ -159,9 +151,9 @@ def test_when_the_kernel_expires_first_the_earlier_read_stands() -> None:
 
 
 # ---------------------------------------------------------------- runner and reports
-def file_runner(rig: Rig, tmp_path: Path) -> tuple[Runner, Path, list[dict[str, Any]]]:
+def file_runner(rig: Rig, tmp_path: Path) -> tuple[Runner, Path, list[AgentReport]]:
     path = tmp_path / "desired.json"
-    sent: list[dict[str, Any]] = []
+    sent: list[AgentReport] = []
     source = DesiredStateFile(path, sleep=lambda _: None, clock=rig.clock)
     runner = Runner(rig.agent, source, threading.Event(), clock=rig.clock, reporter=sent.append)
     return runner, path, sent
@@ -176,9 +168,8 @@ def test_runner_reports_final_counters_in_the_step_that_revokes(tmp_path: Path) 
     write(path, make_state(2, make_session(2)).to_json())
     sent.clear()
     runner.step()
-    assert sent == [{"revision": 2, "counters": False, "finals": [final(1, 443, 38, 2280)]}]
-    payload = broker_report(sent[0])
-    assert payload is not None and payload["elements"] == [
+    assert sent == [AgentReport(2, elements=(final(1, 443, 38, 2280),))]
+    assert sent[0].to_dict()["elements"] == [
         {"session_id": "s1", "device_ip": "192.168.1.10", "proto": "tcp", "ports": "443",
          "packets": 38, "bytes": 2280, "final": True}
     ]  # fmt: skip
@@ -199,11 +190,11 @@ def test_runner_reads_and_reports_before_expiry_without_waiting_for_the_interval
     sent.clear()
     rig.clock.advance(0.1)
     runner.step()
-    assert sent == [{"revision": 1, "counters": False, "finals": [final(1, 443, 4, 240)]}]
+    assert sent == [AgentReport(1, elements=(final(1, 443, 4, 240),))]
     rig.nft.count(element(1, 443), 1, 60)
     rig.clock.advance(1.05)
     runner.step()  # the expiry timer removes s1 and reads it one last time
-    assert sent[-1]["finals"] == [final(1, 443, 5, 300)]
+    assert sent[-1].elements == (final(1, 443, 5, 300),)
     assert rig.wg.peers.keys() == {key(2)}
 
 
@@ -222,16 +213,16 @@ def test_waiting_final_counters_survive_a_newer_report(setup: Setup) -> None:
     setup.broker.report_status = 204
     setup.source.send_report_once()
     last = setup.broker.reports[-1]
-    assert [(e["session_id"], e["packets"], e.get("final")) for e in last["elements"]] == [
+    assert [(e["session_id"], e["packets"], e["final"]) for e in last["elements"]] == [
         ("s1", 38, True),
-        ("s2", 0, None),
+        ("s2", 0, False),
     ]
     assert [p["public_key"] for p in last["peers"]] == [key(2)]
 
 
 def test_source_keeps_the_newer_row_for_the_same_element(setup: Setup) -> None:
-    setup.source.report({"revision": 1, "counters": False, "finals": [final(1, 443, 3, 180)]})
-    setup.source.report({"revision": 1, "counters": False, "finals": [final(1, 443, 5, 300)]})
+    setup.source.report(AgentReport(1, elements=(final(1, 443, 3, 180),)))
+    setup.source.report(AgentReport(1, elements=(final(1, 443, 5, 300),)))
     setup.source.send_report_once()
     assert [e["packets"] for e in setup.broker.reports[-1]["elements"]] == [5]
 
@@ -246,7 +237,7 @@ async def test_revoked_session_report_shows_the_final_counters(harness: Harness)
     rig = Rig()
     live = DesiredState.from_dict(await h.ok("GET", "/v1/agent/state?after=0&wait=0", w.agent_a))
     rig.agent.apply(live)
-    report = broker_report({"revision": live.revision, "counters": False})
+    report = AgentReport(live.revision).to_dict()
     await h.ok("POST", "/v1/agent/report", w.agent_a, json=report)
     (tunnel,) = {k.tunnel_ip for k in parse_set_listing(rig.nft.list_table())}
     rig.nft.count(ElementKey(4, tunnel, "192.168.1.20", "tcp", 443, 443), 38, 2280)
@@ -257,7 +248,7 @@ async def test_revoked_session_report_shows_the_final_counters(harness: Harness)
     )
     rig.agent.apply(ended)
     finals = rig.agent.take_final_counters()
-    report = broker_report({"revision": ended.revision, "counters": False, "finals": finals})
+    report = AgentReport(ended.revision, elements=tuple(finals)).to_dict()
     assert (await h.call("POST", "/v1/agent/report", w.agent_a, json=report)).status_code == 204
 
     grants = (await h.ok("GET", f"/v1/sessions/{sid}/report", w.owner_a))["grants"]

@@ -262,7 +262,7 @@ def test_failed_transaction_leaves_peers_and_lifetimes_alone() -> None:
 def test_report_counts_per_element_and_peer() -> None:
     rig = Rig()
     rig.agent.apply(make_state(3, make_session(1, 443, 8000)))
-    report = rig.agent.report()
+    report = rig.agent.report().status
     assert report["revision"] == 3
     assert report["sessions"] == {"s1": {"remaining": 600.0, "peer": True}}
     assert [(e["session_id"], e["ports"], e["packets"]) for e in report["elements"]] == [

@@ -30,7 +30,7 @@ from agent.http_lite import CertificateRejected, DaemonClient
 from agent.state_dir import StateDir
 from broker import enroll_token, pki
 from broker.tls_server import https_config, peer_agent, peer_certificate
-from netpolicy import DesiredState, HomeNetwork
+from netpolicy import AgentReport, DesiredState, HomeNetwork
 
 HOME = "home_1"
 DESIRED = DesiredState(
@@ -249,7 +249,7 @@ def test_enroll_fetch_report_renew_over_real_tls(running: Running, tmp_path: Pat
     with DaemonClient.from_state_dir(state) as client:
         assert client.fetch_state(after=0, wait=0) == DESIRED
         assert client.fetch_state(after=DESIRED.revision, wait=0) is None
-        client.report({"revision": DESIRED.revision, "peers": [], "elements": []})
+        client.report(AgentReport(DESIRED.revision))
         assert client.fetch_state(after=0, wait=0) == DESIRED
     assert running.broker.reports[-1]["revision"] == DESIRED.revision
 
@@ -271,4 +271,4 @@ def test_enroll_fetch_report_renew_over_real_tls(running: Running, tmp_path: Pat
         with pytest.raises(CertificateRejected, match=r"401.*agent certificate required"):
             client.fetch_state(after=0, wait=0)
         with pytest.raises(CertificateRejected, match="401"):
-            client.report({"revision": DESIRED.revision, "peers": [], "elements": []})
+            client.report(AgentReport(DESIRED.revision))

@@ -136,6 +136,9 @@ def test_grant_specs_parse(text: str, expected: tuple[str, str, str]) -> None:
         "t:tcp/0",
         "t:tcp/9-1",
         "t:tcp/x",
+        "t:tcp/\u0664\u0664\u0663",  # Arabic-Indic digits: int() reads them as 443
+        "t:tcp/+443",
+        "t:tcp/4_43",
     ],
 )
 def test_bad_grant_specs_are_refused(text: str) -> None:
@@ -151,7 +154,7 @@ def test_durations_parse(text: str, seconds: int) -> None:
     assert parse_duration(format_duration(seconds)) == seconds
 
 
-@pytest.mark.parametrize("text", ["", "m", "30x", "-5m", "1.5h"])
+@pytest.mark.parametrize("text", ["", "m", "30x", "-5m", "1.5h", "\u0669\u0660", "\u0663m"])
 def test_bad_durations_are_refused(text: str) -> None:
     with pytest.raises(PolicyError):
         parse_duration(text)
