@@ -31,6 +31,7 @@ from .notifier import InProcessNotifier
 from .pg_notifier import PostgresNotifier
 from .routes import agent, homes, identity, ops, sessions
 from .routes import audit as audit_routes
+from .webhook_targets import WebhookTargets, parse_networks
 from .webhooks import WebhookSender
 
 log = logging.getLogger("ztb.broker")
@@ -191,6 +192,7 @@ def create_app(
         ),
         webhooks=WebhookSender(
             metrics,
+            WebhookTargets(parse_networks(settings.webhook_allow)),
             attempts=settings.webhook_attempts,
             backoff_s=settings.webhook_backoff_s,
             transport=webhook_transport,

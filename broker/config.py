@@ -20,6 +20,8 @@ class Settings:
     longpoll_max_s: float = 60.0
     webhook_attempts: int = 4
     webhook_backoff_s: float = 0.5
+    # Private networks (CIDR) webhooks may reach; by default only public addresses.
+    webhook_allow: tuple[str, ...] = ()
     # Names (DNS or IP) agents dial: the broker's HTTPS certificate is issued for them.
     tls_names: tuple[str, ...] = ("localhost", "127.0.0.1")
     agent_cert_lifetime_s: int = 24 * 3600

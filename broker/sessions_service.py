@@ -106,7 +106,7 @@ def emit(uow: UnitOfWork, home: Home, event: str, session: AccessSession) -> Non
             "home_id": home.id,
             "session": session_view(session),
         }
-        uow.webhook(Delivery(home.webhook_url, home.webhook_secret, event, payload))
+        uow.webhook(Delivery(home.id, home.webhook_url, home.webhook_secret, event, payload))
 
 
 def bump_revision(uow: UnitOfWork, home_id: str) -> int:

@@ -69,6 +69,15 @@ def _certificate_names(data_dir: Path) -> tuple[str, ...]:
     return (*san.get_values_for_type(x509.DNSName), *addresses)
 
 
+def _networks(cidrs: list[str] | None) -> tuple[str, ...]:
+    from broker.webhook_targets import parse_networks
+
+    try:
+        return tuple(str(network) for network in parse_networks(cidrs or []))
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--webhook-allow") from None
+
+
 def _is_wildcard(host: str) -> bool:
     try:
         return ipaddress.ip_address(host).is_unspecified
@@ -91,6 +100,15 @@ def serve(
     key: Annotated[
         Path | None, typer.Option("--key", help="Private key of --cert.", dir_okay=False)
     ] = None,
+    webhook_allow: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--webhook-allow",
+            envvar="ZTB_WEBHOOK_ALLOW",
+            help="A private network (CIDR) homeowners' webhooks may reach; repeatable. "
+            "By default webhooks go to public addresses only.",
+        ),
+    ] = None,
 ) -> None:
     """Serve the API over HTTPS; agents authenticate with client certificates (mTLS)."""
     from broker.app import create_app
@@ -102,7 +120,9 @@ def serve(
     if (cert is None) != (key is None):
         raise typer.BadParameter("give --cert and --key together", param_hint="--cert/--key")
     names = _tls_names(tls_name, host, data_dir)
-    settings = Settings(data_dir=data_dir, db_url=db, tls_names=names)
+    settings = Settings(
+        data_dir=data_dir, db_url=db, tls_names=names, webhook_allow=_networks(webhook_allow)
+    )
     prepare(settings)  # CA for signing agent certificates; server cert current for the names
     configure(logging.INFO)
     serve_https(

@@ -36,9 +36,16 @@ def _view(uow: UnitOfWork, home: Home) -> dict[str, Any]:
     return home_view(home, agents)
 
 
+def _check_webhook(request: Request, url: str | None) -> None:
+    """Judge a new webhook target before any transaction: resolving it may take a while."""
+    if url:
+        broker_of(request).webhooks.targets.check(url)
+
+
 @router.post("", status_code=201)
 def new_home(request: Request, principal: Me, body: NewHome) -> dict[str, Any]:
     require_role(principal, ["admin"], "home.create")
+    _check_webhook(request, body.webhook_url)
 
     def work(uow: UnitOfWork) -> dict[str, Any]:
         return _view(uow, create_home(uow, principal.actor, body.model_dump()))
@@ -64,6 +71,7 @@ def get_home(request: Request, principal: Me, home_ref: str) -> dict[str, Any]:
 
 @router.patch("/{home_ref}")
 def patch_home(request: Request, principal: Me, home_ref: str, body: HomePatch) -> dict[str, Any]:
+    _check_webhook(request, body.webhook_url)
     with broker_of(request).unit_of_work() as uow:
         home = home_for(uow.db, principal, home_ref, "home.update")
         changes = body.model_dump(exclude_unset=True)

@@ -19,6 +19,7 @@ from typing import Any
 import pyotp
 import pytest
 
+from broker.webhook_targets import WebhookTargets, parse_networks
 from ztb.wgkeys import key_pair
 
 from .broker_harness import Harness, anyio_backend, harness
@@ -77,6 +78,7 @@ def receiver() -> Iterator[str]:
 async def test_webhooks_are_signed_and_retried(harness: Harness, receiver: str) -> None:
     h = harness
     w = await h.world()
+    h.broker.webhooks.targets = WebhookTargets(parse_networks(["127.0.0.0/8"]))  # the receiver
     home = await h.ok("PATCH", f"/v1/homes/{w.home_a}", w.owner_a, json={"webhook_url": receiver})
     secret = home["webhook_secret"]
     sid = (await h.request(w.tech_a, "ann-house", ["tv:tcp/443"]))["id"]
