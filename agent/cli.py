@@ -76,7 +76,7 @@ def _add_backend_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _build_parser() -> _Parser:
+def build_parser() -> _Parser:
     parser = _Parser(prog=PROG, description="Run the home agent on the router.", allow_abbrev=False)
     commands = parser.add_subparsers(
         title="commands", dest="command", metavar="COMMAND", required=True
@@ -188,7 +188,7 @@ def _build_parser() -> _Parser:
 
 def main(argv: list[str]) -> int:
     """Parse ``argv`` (after ``agent``) and run the command; errors propagate as exceptions."""
-    parser = _build_parser()
+    parser = build_parser()
     if not argv:
         parser.print_help()
         return 2

@@ -16,7 +16,9 @@ from .topology import PREFIX_PATTERN, Topology
 
 RANDOM_PREFIX = re.compile(r"^(ztl[0-9a-f]{6})-")
 
-app = typer.Typer(no_args_is_help=True, help="network-namespace lab: up, down, demo")
+app = typer.Typer(
+    no_args_is_help=True, add_completion=False, help="network-namespace lab: up, down, demo"
+)
 
 JsonOption = Annotated[bool, typer.Option("--json", help="print one JSON object")]
 PrefixOption = Annotated[str | None, typer.Option("--prefix", help="lab name prefix")]

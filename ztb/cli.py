@@ -3,18 +3,22 @@
 Only the group that runs is imported, so ``ztb agent run`` on a router never loads the
 broker's FastAPI or SQLAlchemy. A group module exposes either a typer ``app`` or a plain
 ``main(argv) -> int`` (the agent, whose RSS budget has no room for typer and click);
-typer is imported only for typer groups. Every failure leaves as one line on stderr and a
-non-zero exit; ``ZTB_DEBUG=1`` shows the traceback.
+typer is imported only for typer groups. Every failure leaves as one line on stderr (one
+JSON object when the command line has ``--json``) and an exit status from
+:mod:`ztb.exit_codes`; ``ZTB_DEBUG=1`` shows the traceback.
 """
 
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import sys
 import traceback
 from collections.abc import Callable
 from types import ModuleType
+
+from ztb.exit_codes import ExitCode
 
 # group name -> (module holding ``app`` or ``main``, one-line help)
 GROUPS: dict[str, tuple[str, str]] = {
@@ -26,23 +30,51 @@ GROUPS: dict[str, tuple[str, str]] = {
     "session": ("ztb.client.commands.sessions", "request, approve and end access sessions"),
     "audit": ("ztb.client.commands.audit", "verify and export the audit chain"),
     "lab": ("lab.cli", "network-namespace lab: up, down, demo"),
+    "completion": ("ztb.completion", "print the bash completion script"),
 }
 
 
+# Set by the bash completion script (``ztb completion``) when it asks for candidates.
+COMPLETE_VAR = "_ZTB_COMPLETE"
+
+
 def _usage() -> str:
-    lines = ["usage: ztb GROUP COMMAND [ARGS]...", "", "groups:"]
-    lines += [f"  {name:<9} {help_}" for name, (_, help_) in GROUPS.items()]
+    lines = ["usage: ztb GROUP COMMAND [ARGS]...", "       ztb --version", "", "groups:"]
+    lines += [f"  {name:<10} {help_}" for name, (_, help_) in GROUPS.items()]
     lines += ["", "Run 'ztb GROUP --help' for the commands of a group."]
     return "\n".join(lines)
 
 
-def _fail(message: str, code: int = 1) -> int:
-    first_line = (message.strip().splitlines() or ["failed"])[0]
-    print(f"ztb: error: {first_line}", file=sys.stderr)
-    return code
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("ztb")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
 
 
-def _exit_code_for(exc: Exception, group: str) -> int:
+class _Failure:
+    """Where a failure is reported: a line for a person, or JSON when ``--json`` was asked."""
+
+    def __init__(self, as_json: bool) -> None:
+        self.as_json = as_json
+
+    def __call__(
+        self, message: str, code: int = ExitCode.FAILURE, status: int | None = None
+    ) -> int:
+        first_line = (message.strip().splitlines() or ["failed"])[0]
+        if self.as_json:
+            report: dict[str, object] = {"error": first_line, "exit_code": int(code)}
+            if status is not None:
+                report["status"] = status
+            print(json.dumps(report), file=sys.stderr)
+        else:
+            print(f"ztb: error: {first_line}", file=sys.stderr)
+        return int(code)
+
+
+def _exit_code_for(exc: Exception, group: str, fail: _Failure) -> int:
     """Map an exception to an exit code, printing at most one line.
 
     typer vendors its own copy of click, so its exceptions are recognised by shape
@@ -54,15 +86,17 @@ def _exit_code_for(exc: Exception, group: str) -> int:
     if name == "Exit":
         return int(code or 0)
     if name == "Abort":
-        return _fail("aborted", 130)
+        return fail("aborted", ExitCode.INTERRUPTED)
     if name == "NoArgsIsHelpError":
         return 2  # the group's help was just printed
     if isinstance(code, int):
         format_message = getattr(exc, "format_message", None)
-        return _fail(str(format_message() if callable(format_message) else exc), code)
+        status = getattr(exc, "status", None)
+        message = format_message() if callable(format_message) else exc
+        return fail(str(message), code, status if isinstance(status, int) else None)
     if isinstance(exc, ModuleNotFoundError):
-        return _fail(f"'ztb {group}' needs a missing dependency ({exc.name}); install ztb[{group}]")
-    return _fail(str(exc) or name)
+        return fail(f"'ztb {group}' needs a missing dependency ({exc.name}); install ztb[{group}]")
+    return fail(str(exc) or name)
 
 
 def _run_group(module: ModuleType, group: str, args: list[str]) -> object:
@@ -78,19 +112,27 @@ def _run_group(module: ModuleType, group: str, args: list[str]) -> object:
 
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
+    if os.environ.get(COMPLETE_VAR):
+        from ztb.completion import complete
+
+        return complete(GROUPS, args)
+    fail = _Failure("--json" in args)
     if not args or args[0] in ("-h", "--help", "help"):
         print(_usage())
-        return 0 if args else 2
+        return ExitCode.OK if args else ExitCode.USAGE
+    if args[0] == "--version":
+        print(f"ztb {_version()}")
+        return ExitCode.OK
     group = args[0]
     if group not in GROUPS:
-        return _fail(f"unknown command group {group!r} (try: {', '.join(GROUPS)})", 2)
+        return fail(f"unknown command group {group!r} (try: {', '.join(GROUPS)})", ExitCode.USAGE)
     module_name = GROUPS[group][0]
     try:
         result = _run_group(importlib.import_module(module_name), group, args[1:])
     except KeyboardInterrupt:
-        return _fail("interrupted", 130)
+        return fail("interrupted", ExitCode.INTERRUPTED)
     except Exception as exc:  # the contract: never a traceback, one line and non-zero
         if os.environ.get("ZTB_DEBUG"):
             traceback.print_exc()
-        return _exit_code_for(exc, group)
+        return _exit_code_for(exc, group, fail)
     return result if isinstance(result, int) else 0

@@ -12,7 +12,9 @@ import typer
 
 from broker.config import Settings
 
-app = typer.Typer(help="Run or bootstrap the broker service.", no_args_is_help=True)
+app = typer.Typer(
+    help="Run or bootstrap the broker service.", no_args_is_help=True, add_completion=False
+)
 
 DataDir = Annotated[
     Path,

@@ -18,6 +18,8 @@ from urllib.parse import quote
 
 import httpx
 
+from ztb.exit_codes import ExitCode, for_http_status
+
 Json = dict[str, Any]
 
 # Tests point every client at an in-process broker by setting this; None = real network.
@@ -27,7 +29,31 @@ DEFAULT_TIMEOUT_S = 30.0
 
 
 class ClientError(Exception):
-    """A call to the broker failed; the message is one line meant for a person."""
+    """A call to the broker failed; the message is one line meant for a person.
+
+    ``exit_code`` is what ``ztb`` exits with (docs/cli.md), so scripts can tell an
+    unreachable broker from a refusal without reading the message.
+    """
+
+    exit_code: int = ExitCode.FAILURE
+
+
+class SettingError(ClientError):
+    """The broker URL or CA file given to the client cannot work."""
+
+    exit_code = ExitCode.USAGE
+
+
+class Unreachable(ClientError):
+    """No connection to the broker (refused, unresolvable, TLS not trusted)."""
+
+    exit_code = ExitCode.UNREACHABLE
+
+
+class TimedOut(ClientError):
+    """The broker did not answer within the client's timeout."""
+
+    exit_code = ExitCode.TIMEOUT
 
 
 class StatusError(ClientError):
@@ -37,6 +63,7 @@ class StatusError(ClientError):
         super().__init__(f"{detail} (HTTP {status})")
         self.status = status
         self.detail = detail
+        self.exit_code = for_http_status(status)
 
 
 def _segment(value: str) -> str:
@@ -68,11 +95,11 @@ def _tls_context(ca_cert: Path | None) -> ssl.SSLContext:
     if ca_cert is None:
         return ssl.create_default_context()
     if not ca_cert.is_file():
-        raise ClientError(f"CA certificate file not found: {ca_cert}")
+        raise SettingError(f"CA certificate file not found: {ca_cert}")
     try:
         return ssl.create_default_context(cafile=str(ca_cert))
     except ssl.SSLError as exc:
-        raise ClientError(f"cannot load CA certificate {ca_cert}: {exc}") from None
+        raise SettingError(f"cannot load CA certificate {ca_cert}: {exc}") from None
 
 
 class ZtbClient:
@@ -88,7 +115,7 @@ class ZtbClient:
         timeout_s: float = DEFAULT_TIMEOUT_S,
     ) -> None:
         if not base_url.startswith(("https://", "http://")):
-            raise ClientError(f"broker URL must start with https:// or http://, not {base_url!r}")
+            raise SettingError(f"broker URL must start with https:// or http://, not {base_url!r}")
         self.base_url = base_url.rstrip("/")
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         transport = transport or default_transport
@@ -121,11 +148,11 @@ class ZtbClient:
             response = self._http.send(request, stream=stream)
         except httpx.ConnectError as exc:
             hint = " (check --ca-cert / ZTB_CA_CERT)" if "CERTIFICATE" in str(exc) else ""
-            raise ClientError(
+            raise Unreachable(
                 f"cannot reach the broker at {self.base_url}: {_one_line(str(exc))}{hint}"
             ) from None
         except httpx.TimeoutException:
-            raise ClientError(f"the broker at {self.base_url} did not answer in time") from None
+            raise TimedOut(f"the broker at {self.base_url} did not answer in time") from None
         except httpx.HTTPError as exc:
             raise ClientError(f"talking to the broker failed: {_one_line(str(exc))}") from None
         if response.is_error:
