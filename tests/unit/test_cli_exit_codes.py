@@ -38,6 +38,20 @@ def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
     return code, out, err
 
 
+def test_the_numbers_are_the_documented_ones() -> None:
+    """docs/cli.md and scripts depend on these values; they never change meaning."""
+    assert {code.name: int(code) for code in ExitCode} == {
+        "OK": 0,
+        "FAILURE": 1,
+        "USAGE": 2,
+        "NOT_FOUND_OR_FORBIDDEN": 3,
+        "CONFLICT": 4,
+        "UNREACHABLE": 5,
+        "TIMEOUT": 6,
+        "INTERRUPTED": 130,
+    }
+
+
 @pytest.mark.parametrize(
     ("status", "expected"),
     [
@@ -67,7 +81,7 @@ def test_broker_answers_map_to_exit_codes(
 def test_unreachable_broker_exits_5(capsys: pytest.CaptureFixture[str]) -> None:
     url = f"http://127.0.0.1:{closed_port()}"
     code, _, err = run(capsys, "session", "list", "--broker", url, "--token", "t")
-    assert code == ExitCode.UNREACHABLE == 5
+    assert code == ExitCode.UNREACHABLE
     assert "cannot reach the broker" in err
 
 
@@ -77,7 +91,7 @@ def test_timeout_exits_6(
     slow = broker_raising(httpx.ReadTimeout("timed out"))
     monkeypatch.setattr(client_http, "default_transport", slow)
     code, _, err = run(capsys, "home", "list", *CREDENTIALS)
-    assert code == ExitCode.TIMEOUT == 6
+    assert code == ExitCode.TIMEOUT
     assert "did not answer in time" in err
 
 
@@ -94,7 +108,7 @@ def test_timeout_exits_6(
 )
 def test_usage_errors_exit_2(args: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = run(capsys, *args)
-    assert code == ExitCode.USAGE == 2
+    assert code == ExitCode.USAGE
     assert out == "" and err.startswith("ztb: error: ") and err.count("\n") == 1
 
 
