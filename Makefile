@@ -4,10 +4,10 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 ZTB := $(VENV)/bin/ztb
 APT_PACKAGES := wireguard-tools wireguard-go nftables iproute2 libnftables1 iputils-ping procps \
-	chromium fonts-dejavu-core postgresql
+	chromium fonts-dejavu-core postgresql systemd busybox
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test lint unit lab-test demo bench bench-quick screenshots clean lab-down
+.PHONY: setup test lint unit lab-test demo bench bench-quick screenshots clean lab-down dist
 
 setup: $(STAMP)
 
@@ -19,7 +19,8 @@ $(STAMP): pyproject.toml
 			--no-install-recommends $$missing >/dev/null; \
 	fi
 	@test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
+	$(PY) -m pip install -q --disable-pip-version-check --config-settings editable_mode=compat \
+		-e '.[dev]'
 	@touch $(STAMP)
 
 lint: setup
@@ -52,6 +53,11 @@ bench-quick: setup
 screenshots: setup
 	$(VENV)/bin/pytest -q tests/web --screenshots docs/screenshots
 
+# Wheel and sdist in dist/ (what `pip install` on a broker host or router takes).
+dist: setup
+	rm -rf dist
+	$(PY) -m build --outdir dist .
+
 clean:
 	-$(ZTB) lab down
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis bench-results.json *.egg-info
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis bench-results.json *.egg-info dist

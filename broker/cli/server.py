@@ -1,4 +1,5 @@
-"""``ztb broker serve|bootstrap``: run the broker, or prepare its data directory."""
+"""``ztb broker serve|bootstrap|backup``: run the broker, prepare its data directory, back
+it up."""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ TlsNames = Annotated[
     list[str] | None,
     typer.Option(
         "--tls-name",
+        envvar="ZTB_TLS_NAME",
         help="DNS name or IP agents and clients dial (repeat); the HTTPS certificate names "
         "them. Default: localhost, 127.0.0.1 and the --listen host.",
         show_default=False,
@@ -91,7 +93,9 @@ def _is_wildcard(host: str) -> bool:
 def serve(
     data_dir: DataDir = Path("/var/lib/ztb-broker"),
     db: Db = None,
-    listen: Annotated[str, typer.Option("--listen", help="HOST:PORT to bind.")] = "127.0.0.1:8443",
+    listen: Annotated[
+        str, typer.Option("--listen", envvar="ZTB_LISTEN", help="HOST:PORT to bind.")
+    ] = "127.0.0.1:8443",
     tls_name: TlsNames = None,
     cert: Annotated[
         Path | None,
@@ -154,3 +158,29 @@ def bootstrap(
         typer.echo(json.dumps({**result, "data_dir": str(data_dir), "ca_cert": ca_file}))
     else:
         typer.echo(result["token"])
+
+
+@app.command()
+def backup(
+    output: Annotated[
+        Path,
+        typer.Option("--output", help="New file for the copy (created 0600).", dir_okay=False),
+    ],
+    data_dir: DataDir = Path("/var/lib/ztb-broker"),
+    db: Db = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Copy the SQLite database while the broker runs (online backup); for PostgreSQL,
+    print the pg_dump command. The CA and audit keys are
+    not in it: keep a copy of them apart (see docs/operations.md)."""
+    from sqlalchemy import make_url
+
+    from broker.backup import backup_sqlite, pg_dump_hint
+
+    url = Settings(data_dir=data_dir, db_url=db).database_url
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or not parsed.database:
+        raise typer.BadParameter(pg_dump_hint(url, output), param_hint="--db")
+    pages = backup_sqlite(Path(parsed.database), output)
+    result = {"output": str(output), "database": parsed.database, "pages": pages}
+    typer.echo(json.dumps(result) if as_json else f"backup written to {output} ({pages} pages)")
