@@ -1,5 +1,5 @@
-"""``ztb broker serve|bootstrap|backup``: run the broker, prepare its data directory, back
-it up."""
+"""``ztb broker serve|bootstrap|migrate|backup``: run the broker, prepare its data
+directory and schema, back it up."""
 
 from __future__ import annotations
 
@@ -184,3 +184,35 @@ def backup(
     pages = backup_sqlite(Path(parsed.database), output)
     result = {"output": str(output), "database": parsed.database, "pages": pages}
     typer.echo(json.dumps(result) if as_json else f"backup written to {output} ({pages} pages)")
+
+
+@app.command()
+def migrate(
+    data_dir: DataDir = Path("/var/lib/ztb-broker"),
+    db: Db = None,
+    to: Annotated[
+        str | None,
+        typer.Option(
+            "--to",
+            help="Revision to move to (default: the newest); an older one downgrades "
+            "(rollback, run with the newer release before reinstalling the older).",
+            show_default=False,
+        ),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Upgrade (or downgrade) the database schema under a lock: replicas take turns."""
+    from broker.db.engine import make_engine
+    from broker.db.engine import migrate as run_migrations
+
+    settings = Settings(data_dir=data_dir, db_url=db)
+    if db is None:
+        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    engine = make_engine(settings.database_url)
+    try:
+        before, after = run_migrations(engine, to)
+    finally:
+        engine.dispose()
+    result = {"before": before, "after": after, "changed": before != after}
+    text = f"schema at {after}" + (f" (was {before or 'empty'})" if before != after else "")
+    typer.echo(json.dumps(result) if as_json else text)

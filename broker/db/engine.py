@@ -15,7 +15,11 @@ UPDATE``) and unique constraints instead, and its own durability settings.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import functools
+import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +27,8 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, event, make_url
+from alembic.util.exc import CommandError
+from sqlalchemy import Connection, Engine, create_engine, event, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
@@ -31,6 +36,9 @@ DB_FILE = "broker.db"
 SQLITE_SYNCHRONOUS = ("normal", "full")
 # Execution option of sessions that never write (token lookups, GETs, long-poll reads).
 READ_ONLY = "ztb_read_only"
+# pg_advisory_lock key of schema migrations (any constant; "ztb" + 1).
+MIGRATION_LOCK_ID = 0x7A746201
+BASE = "base"  # Alembic's name for "no schema"
 
 
 def sqlite_url(data_dir: Path) -> str:
@@ -106,18 +114,98 @@ def _config() -> Config:
 
 
 @functools.cache
-def _newest_revision() -> str | None:
+def _scripts() -> ScriptDirectory:
     """Read the migration scripts once per process (parsing them is most of an upgrade)."""
-    return ScriptDirectory.from_config(_config()).get_current_head()
+    return ScriptDirectory.from_config(_config())
 
 
-def migrate(engine: Engine) -> None:
-    """Bring the schema to the newest revision; safe to run at every start."""
-    with engine.connect() as connection:
-        current = MigrationContext.configure(connection).get_current_revision()
-    if current is not None and current == _newest_revision():
+def newest_revision() -> str:
+    head = _scripts().get_current_head()
+    assert head is not None, "no migration scripts shipped"
+    return head
+
+
+class SchemaError(RuntimeError):
+    """The database schema cannot be used by this ztb; the message says what to do."""
+
+
+@contextlib.contextmanager
+def _migration_lock(engine: Engine, connection: Connection) -> Iterator[None]:
+    """One migrator at a time per database: a PostgreSQL session advisory lock (held by
+    ``connection``), or an exclusive ``flock`` on ``DB_FILE.migrate-lock`` beside a SQLite
+    file. Replicas starting together queue here instead of racing on ``CREATE TABLE``."""
+    if engine.dialect.name == "postgresql":
+        connection.exec_driver_sql(f"SELECT pg_advisory_lock({MIGRATION_LOCK_ID})")
+        connection.commit()
+        try:
+            yield
+        finally:
+            connection.rollback()
+            connection.exec_driver_sql(f"SELECT pg_advisory_unlock({MIGRATION_LOCK_ID})")
+            connection.commit()
         return
+    database = engine.url.database
+    if engine.dialect.name != "sqlite" or not database or database == ":memory:":
+        yield
+        return
+    fd = os.open(f"{database}.migrate-lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def current_revision(connection: Connection) -> str | None:
+    revision = MigrationContext.configure(connection).get_current_revision()
+    connection.commit()
+    return revision
+
+
+def check_revision(current: str | None) -> None:
+    """Refuse a schema this code does not know: a newer release migrated it."""
+    if current is None:
+        return
+    try:
+        known = _scripts().get_revision(current)
+    except CommandError:
+        known = None
+    if known is None:
+        raise SchemaError(
+            f"the database schema is at revision {current}, newer than this ztb knows "
+            f"(up to {newest_revision()}): run the newer ztb, or downgrade the schema with "
+            f"the newer ztb's 'ztb broker migrate --to {newest_revision()}' first"
+        )
+
+
+def migrate(engine: Engine, target: str | None = None) -> tuple[str | None, str]:
+    """Bring the schema to ``target`` (default: the newest revision) under the migration
+    lock; an older ``target`` (or ``"base"``: no tables) downgrades. Returns (revision
+    before, revision after).
+    Safe to run at every start: a schema already there is only checked."""
+    wanted = target or newest_revision()
+    with engine.connect() as connection:
+        before = current_revision(connection)
+        check_revision(before)
+        if (before or BASE) == wanted:
+            return before, wanted
+        with _migration_lock(engine, connection):
+            before = current_revision(connection)  # another replica may have done it
+            check_revision(before)
+            if (before or BASE) != wanted:
+                _run_alembic(connection, before, wanted)
+    return before, wanted
+
+
+def _run_alembic(connection: Connection, before: str | None, wanted: str) -> None:
+    newest_first = [script.revision for script in _scripts().walk_revisions()] + [BASE]
+    if wanted not in newest_first:
+        raise SchemaError(f"unknown schema revision {wanted!r} (known: {', '.join(newest_first)})")
+    ahead = before is None or newest_first.index(wanted) < newest_first.index(before)
     config = _config()
-    with engine.begin() as connection:
-        config.attributes["connection"] = connection
-        command.upgrade(config, "head")
+    config.attributes["connection"] = connection
+    with connection.begin():
+        if ahead:
+            command.upgrade(config, wanted)
+        else:
+            command.downgrade(config, wanted)
