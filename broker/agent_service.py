@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 from ipaddress import IPv4Address, ip_address
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, select, update
+from sqlalchemy import Connection, bindparam, select
 
 from netpolicy import DesiredState, Grant, HomeNetwork, LiveSession, validate_public_key
 
@@ -14,6 +14,7 @@ from . import enroll_token, pki
 from .auth import AgentPrincipal
 from .clock import rfc3339
 from .context import UnitOfWork
+from .counters import counter_key
 from .db.models import (
     LIVE_STATES,
     AccessSession,
@@ -25,7 +26,7 @@ from .db.models import (
 )
 from .errors import ApiError, denied
 from .ids import new_id
-from .sessions_service import emit
+from .lifecycle_service import activate_applied
 from .state_cache import StateAtRevision
 
 _HOMES, _SESSIONS = table_of(Home), table_of(AccessSession)
@@ -84,10 +85,6 @@ def state_at_revision(
     return StateAtRevision(revision, state, timed)
 
 
-def counter_key(device_ip: str, proto: str, ports: str) -> str:
-    return f"{device_ip} {proto}/{ports}"
-
-
 def record_report(uow: UnitOfWork, agent: AgentPrincipal, report: dict[str, Any]) -> None:
     """Applied revision makes sessions active; handshakes and counters feed the report."""
     home = uow.db.get(Home, agent.home_id)
@@ -98,26 +95,7 @@ def record_report(uow: UnitOfWork, agent: AgentPrincipal, report: dict[str, Any]
         raise ApiError(422, f"revision {revision} is newer than the home's {home.revision}")
     row.applied_revision = max(row.applied_revision, revision)
     row.last_seen_at = uow.now
-    ready = uow.db.scalars(
-        select(AccessSession).where(
-            AccessSession.home_id == home.id,
-            AccessSession.state == "approved",
-            AccessSession.approved_revision <= revision,
-            AccessSession.expires_at > uow.now,
-        )
-    ).all()
-    for session in ready:
-        claimed = uow.db.execute(
-            update(AccessSession)
-            .where(AccessSession.id == session.id, AccessSession.state == "approved")
-            .values(state="active", activated_at=uow.now)
-            .execution_options(synchronize_session=False)
-        )
-        if claimed.rowcount == 1:  # type: ignore[attr-defined]
-            uow.db.refresh(session)
-            uow.audit(agent.actor, "session.active", session.id, {"revision": revision})
-            uow.transition("active")
-            emit(uow, home, "session.started", session)
+    activate_applied(uow, home, revision, agent.actor)
     sessions = {
         s.id: s
         for s in uow.db.scalars(

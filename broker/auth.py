@@ -96,6 +96,11 @@ def accept_totp(user: User, code: str | None, now: datetime) -> bool:
     return False
 
 
+def totp_uri(secret: str, email: str) -> str:
+    """What an authenticator app scans to add this account."""
+    return pyotp.TOTP(secret).provisioning_uri(name=email, issuer_name="ztb")
+
+
 def bearer(request: Request) -> str:
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
@@ -106,22 +111,6 @@ def bearer(request: Request) -> str:
 def broker_of(request: Request) -> Broker:
     broker: Broker = request.app.state.broker
     return broker
-
-
-def lookup_user(db: Session, token: str, now: datetime) -> User | None:
-    row = db.execute(
-        select(User, ApiToken)
-        .join(ApiToken, ApiToken.user_id == User.id)
-        .where(ApiToken.token_hash == digest(token))
-    ).first()
-    if row is None:
-        return None
-    user, api_token = row
-    if api_token.revoked_at is not None:
-        return None
-    if api_token.expires_at is not None and api_token.expires_at <= now:
-        return None
-    return user
 
 
 # Built once: SQLAlchemy memoizes a statement's cache key, so a reused statement skips

@@ -1,4 +1,5 @@
-"""Homes and their devices: addresses checked by netpolicy before anything is stored."""
+"""Homes and their devices: who may change them, addresses checked by netpolicy before
+anything is stored, and the audit event with every change."""
 
 from __future__ import annotations
 
@@ -10,12 +11,18 @@ from typing import Any
 from sqlalchemy import or_, select
 
 from netpolicy import HomeNetwork, PolicyError, validate_device_ip, validate_lan
+from netpolicy.policy import HomePolicy
 from netpolicy.validation import parse_address, parse_network
 
-from .context import UnitOfWork
+from . import agent_service
+from .access import home_for, require_role
+from .auth import Principal
+from .context import Broker, UnitOfWork
 from .db.models import Device, Home, User
 from .errors import ApiError
 from .ids import new_id
+from .reads.homes import home_with_agents
+from .views import agent_view, device_view
 
 # Default tunnel pools: one /24 per home out of 100.96.0.0/12 (inside 100.64.0.0/10, the
 # shared address space, so they never clash with a home LAN or the internet).
@@ -128,3 +135,114 @@ def check_device(uow: UnitOfWork, home: Home, name: str, ip: str, device_id: str
     if clash is not None:
         raise ApiError(409, f"device {clash.name} ({clash.ip}) already has that name or address")
     return ip
+
+
+def _check_webhook(broker: Broker, url: str | None) -> None:
+    """Judge a new webhook target before any transaction: resolving it may take a while."""
+    if url:
+        broker.webhooks.targets.check(url)
+
+
+def new_home(broker: Broker, principal: Principal, body: dict[str, Any]) -> dict[str, Any]:
+    require_role(principal, ["admin"], "home.create")
+    _check_webhook(broker, body.get("webhook_url"))
+
+    def work(uow: UnitOfWork) -> dict[str, Any]:
+        return home_with_agents(uow.db, create_home(uow, principal.actor, body))
+
+    return broker.run(work)
+
+
+def update_home(
+    broker: Broker, principal: Principal, home_ref: str, changes: dict[str, Any]
+) -> dict[str, Any]:
+    """Endpoint, webhook and the TOTP rule for approvals; only the fields given change."""
+    _check_webhook(broker, changes.get("webhook_url"))
+    with broker.unit_of_work() as uow:
+        home = home_for(uow.db, principal, home_ref, "home.update")
+        if changes.get("endpoint") is not None:
+            home.endpoint = validate_endpoint(changes["endpoint"])
+        if "webhook_url" in changes:
+            set_webhook(home, changes["webhook_url"] or "")
+        if changes.get("require_totp_for_approval") is not None:
+            home.require_totp_for_approval = changes["require_totp_for_approval"]
+        uow.audit(principal.actor, "home.updated", home.id, {"fields": sorted(changes)})
+        return home_with_agents(uow.db, home)
+
+
+def set_policy(
+    uow: UnitOfWork, principal: Principal, home_ref: str, policy: dict[str, Any]
+) -> dict[str, Any]:
+    """Replace the home's policy whole, as netpolicy reads it back."""
+    home = home_for(uow.db, principal, home_ref, "home.policy")
+    stored = HomePolicy.from_dict(policy).to_dict()
+    home.policy = stored
+    uow.audit(principal.actor, "home.policy_set", home.id, {"policy": stored})
+    return stored
+
+
+def new_enroll_token(
+    uow: UnitOfWork, principal: Principal, home_ref: str, ttl_s: int
+) -> dict[str, Any]:
+    home = home_for(uow.db, principal, home_ref, "home.enroll_token")
+    require_role(principal, ["admin"], "home.enroll_token", home.id)
+    return agent_service.create_enroll_token(uow, home, ttl_s, principal.actor)
+
+
+def revoke_agent(
+    uow: UnitOfWork, principal: Principal, home_ref: str, agent_id: str
+) -> dict[str, Any]:
+    """Cut an agent off: its certificate is refused from the next request on."""
+    home = home_for(uow.db, principal, home_ref, "agent.revoke")
+    require_role(principal, ["admin"], "agent.revoke", home.id)
+    return agent_view(agent_service.revoke_agent(uow, home, agent_id, principal.actor))
+
+
+def add_device(
+    uow: UnitOfWork, principal: Principal, home_ref: str, name: str, ip: str, mac: str | None
+) -> dict[str, Any]:
+    home = home_for(uow.db, principal, home_ref, "device.create")
+    device = Device(
+        id=new_id("dev"),
+        home_id=home.id,
+        name=name,
+        ip=check_device(uow, home, name, ip, None),
+        mac=validate_mac(mac),
+    )
+    uow.db.add(device)
+    uow.db.flush()
+    uow.audit(
+        principal.actor, "device.created", device.id, {"home_id": home.id, **device_view(device)}
+    )
+    return device_view(device)
+
+
+def _device(uow: UnitOfWork, home: Home, ref: str) -> Device:
+    device = uow.db.scalars(
+        select(Device).where(Device.home_id == home.id, (Device.id == ref) | (Device.name == ref))
+    ).first()
+    if device is None:
+        raise ApiError(404, "device not found")
+    return device
+
+
+def update_device(
+    uow: UnitOfWork, principal: Principal, home_ref: str, device_ref: str, changes: dict[str, Any]
+) -> dict[str, Any]:
+    """Rename, readdress, or set or clear the MAC; only the fields given change."""
+    home = home_for(uow.db, principal, home_ref, "device.update")
+    device = _device(uow, home, device_ref)
+    name = changes.get("name") or device.name
+    device.ip = check_device(uow, home, name, changes.get("ip") or device.ip, device.id)
+    device.name = name
+    if "mac" in changes:
+        device.mac = validate_mac(changes["mac"])
+    uow.audit(principal.actor, "device.updated", device.id, device_view(device))
+    return device_view(device)
+
+
+def remove_device(uow: UnitOfWork, principal: Principal, home_ref: str, device_ref: str) -> None:
+    home = home_for(uow.db, principal, home_ref, "device.delete")
+    device = _device(uow, home, device_ref)
+    uow.db.delete(device)
+    uow.audit(principal.actor, "device.deleted", device.id, {"home_id": home.id})

@@ -1,343 +1,204 @@
-"""The session lifecycle: requested -> approved -> active -> ended.
+"""The doors to a session: who may request, decide, end, escalate and download it.
 
-Every function runs inside one ``UnitOfWork``: it changes rows, appends audit events, and
-queues agent wake-ups and webhooks that go out only after the commit. Policy and address
-checks come from ``netpolicy``; ``PolicyError`` reaches the caller as a 422.
+The API routes and the web pages both come here with the caller's ``Principal``; this
+module finds the session or home the caller may see (others answer 404 and are audited),
+checks the role and the home's step-up rule, and runs the transition of
+``lifecycle_service`` in one unit of work. Decisions first end an overdue session in its
+own transaction, so they see it ended even before the periodic job ran.
 """
 
 from __future__ import annotations
 
-import base64
-import os
-from collections.abc import Sequence
-from datetime import timedelta
-from ipaddress import IPv4Network, ip_address, ip_network
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from ipaddress import IPv4Address, ip_address
 from typing import Any
 
-from sqlalchemy import bindparam, select, update
-from sqlalchemy.orm import Session
-from sqlalchemy.orm.attributes import set_committed_value
-from sqlalchemy.orm.util import identity_key
+from netpolicy import Grant
+from netpolicy.wgquick import TechnicianConfig, render_wg_quick
 
-from netpolicy import (
-    Grant,
-    GrantSpec,
-    HomeNetwork,
-    PolicyError,
-    merge_grants,
-    validate_duration,
-    validate_public_key,
-)
-from netpolicy.policy import HomePolicy, evaluate
-from ztb.wgkeys import key_pair
-
-from .auth import Principal
-from .context import UnitOfWork
-from .db.models import LIVE_STATES, AccessSession, Device, Home, table_of
-from .errors import denied
-from .ids import new_id
+from . import lifecycle_service as lifecycle
+from .access import home_for, require_role, session_for
+from .auth import Principal, accept_totp
+from .context import Broker, UnitOfWork
+from .db.models import LIVE_STATES, AccessSession, Home, User
+from .errors import ApiError, denied
+from .expiry import ACTOR as EXPIRY_ACTOR
 from .views import session_view
-from .webhooks import Delivery
+
+DECIDERS = ("admin", "homeowner")
+Transition = Callable[[UnitOfWork, AccessSession], AccessSession]
 
 
-def home_network(home: Home) -> HomeNetwork:
-    return HomeNetwork.from_dict(
-        {"lan": home.lan, "router_ip": home.router_ip, "tunnel_pool": home.tunnel_pool}
-    )
-
-
-_DEVICES = table_of(Device)
-_HOMES = table_of(Home)
-_SESSIONS = table_of(AccessSession)
-# Core statements built once (their cache keys are memoized): the hot path of every
-# request, approval and ending pays for the SQL only, not for building it or for the ORM.
-_DEVICE_ADDRESSES = select(_DEVICES.c.name, _DEVICES.c.ip).where(
-    _DEVICES.c.home_id == bindparam("home_id"),
-    _DEVICES.c.name.in_(bindparam("names", expanding=True)),
-)
-_BUMP_REVISION = (
-    update(_HOMES)
-    .where(_HOMES.c.id == bindparam("home_id"))
-    .values(revision=_HOMES.c.revision + 1)
-    .returning(_HOMES.c.revision)
-)
-_LOCK_HOME = select(_HOMES.c.id).where(_HOMES.c.id == bindparam("home_id")).with_for_update()
-_LIVE_PEERS = select(_SESSIONS.c.tunnel_ip, _SESSIONS.c.public_key).where(
-    _SESSIONS.c.home_id == bindparam("home_id"), _SESSIONS.c.state.in_(LIVE_STATES)
-)
-
-
-def resolve_grants(
-    db: Session, home: Home, texts: Sequence[str]
-) -> tuple[list[GrantSpec], list[Grant]]:
-    """Grant texts -> specs (for policy) and grants on real device addresses (for the router)."""
-    if not texts:
-        raise PolicyError("a request needs at least one grant")
-    specs = [GrantSpec.parse(text) for text in texts]
-    rows = db.connection().execute(
-        _DEVICE_ADDRESSES, {"home_id": home.id, "names": sorted({s.device for s in specs})}
-    )
-    addresses = {row.name: row.ip for row in rows}
-    network = home_network(home)
-    grants = []
-    for spec in specs:
-        ip = addresses.get(spec.device)
-        if ip is None:
-            raise PolicyError(f"unknown device {spec.device!r} in this home")
-        grant = Grant(ip_address(ip), spec.proto, spec.ports, device=spec.device)
-        grants.append(network.validate_grant(grant))
-    return specs, grants
-
-
-def grant_dicts(grants: Sequence[Grant]) -> list[dict[str, object]]:
-    return [grant.to_dict() for grant in merge_grants(tuple(grants))]
-
-
-def _grants(stored: list[Any]) -> list[Grant]:
-    return [Grant.from_dict(item) for item in stored]
-
-
-def emit(uow: UnitOfWork, home: Home, event: str, session: AccessSession) -> None:
-    """Queue the homeowner's webhook for this session event, if the home has one."""
-    if home.webhook_url and home.webhook_secret:
-        payload = {
-            "event": event,
-            "time": uow.now.isoformat(),
-            "home_id": home.id,
-            "session": session_view(session),
-        }
-        uow.webhook(Delivery(home.id, home.webhook_url, home.webhook_secret, event, payload))
-
-
-def bump_revision(uow: UnitOfWork, home_id: str) -> int:
-    """Atomic ``revision = revision + 1`` (no lost update between replicas)."""
-    revision = int(uow.db.connection().execute(_BUMP_REVISION, {"home_id": home_id}).scalar_one())
-    home = uow.db.identity_map.get(identity_key(Home, home_id))
-    if home is not None:  # keep a loaded row true without marking it changed
-        set_committed_value(home, "revision", revision)
-    uow.wake_agents(home_id)
-    return revision
-
-
-def request_session(
+def request_access(
     uow: UnitOfWork,
-    technician: Principal,
-    home: Home,
-    texts: Sequence[str],
+    principal: Principal,
+    home_ref: str,
+    grants: Sequence[str],
     duration_s: int,
     reason: str,
     public_key: str | None,
-) -> AccessSession:
-    policy = HomePolicy.from_dict(home.policy)
-    specs, grants = resolve_grants(uow.db, home, texts)
-    decision = evaluate(policy, technician.identities, specs, duration_s)
-    if public_key is not None:
-        validate_public_key(public_key)
-    session = AccessSession(
-        id=new_id("ses"),
-        home_id=home.id,
-        technician_id=technician.id,
-        state="requested",
-        reason=reason,
-        grants=grant_dicts(grants),
-        pending_grants=[],
-        duration_s=decision.duration_s,
-        requested_at=uow.now,
-        public_key=public_key,
-        key_origin="technician" if public_key else "broker",
-        config_downloads=0,
-        counters={},
+) -> dict[str, Any]:
+    """A technician's request, for a home whose policy admits them."""
+    require_role(principal, ["technician"], "session.request")
+    home = home_for(uow.db, principal, home_ref, "session.request", as_technician=True)
+    session = lifecycle.request_session(
+        uow, principal, home, grants, duration_s, reason, public_key
     )
-    uow.db.add(session)
-    uow.db.flush()
-    uow.audit(
-        technician.actor,
-        "session.requested",
-        session.id,
-        {"home_id": home.id, "grants": [str(spec) for spec in specs], "duration_s": duration_s},
-    )
-    uow.transition("requested")
-    emit(uow, home, "session.requested", session)
-    if decision.auto_rule is not None:
-        _approve_new(uow, session, home, f"policy:auto-approve#{decision.auto_rule}", duration_s)
-    return session
+    return session_view(session)
 
 
-def _allocate_tunnel_ip(db: Session, home: Home, public_key: str) -> str:
-    """Lowest free host of the pool; the first host is the router's own tunnel address.
-    Refuses a public key that another live session of the home already uses.
-
-    Approvals in one home take turns on the home's row lock (PostgreSQL; on SQLite the
-    database lock already orders writers), so they do not all pick the same address and
-    fail together. Should two still collide on ``uq_live_tunnel_ip``, the loser's
-    transaction is retried (``Broker.run``) and sees the winner's address as taken.
-    """
-    connection = db.connection()
-    connection.execute(_LOCK_HOME, {"home_id": home.id})
-    peers = connection.execute(_LIVE_PEERS, {"home_id": home.id}).all()
-    if any(peer.public_key == public_key for peer in peers):
-        raise PolicyError("this public key is already used by another live session of the home")
-    taken = {peer.tunnel_ip for peer in peers}
-    pool = ip_network(home.tunnel_pool)
-    assert isinstance(pool, IPv4Network)
-    hosts = pool.hosts()
-    next(hosts)
-    for host in hosts:
-        if str(host) not in taken:
-            return str(host)
-    raise PolicyError(f"the tunnel pool {pool} of this home is full")
+def _expire_if_due(broker: Broker, session_id: str) -> None:
+    """A cheap read first: only an overdue session costs a write transaction."""
+    with broker.read_rows() as connection:
+        due = lifecycle.is_due(connection, broker.clock(), broker.settings, session_id)
+    if due:
+        broker.run(lambda uow: lifecycle.expire_if_due(uow, session_id, EXPIRY_ACTOR))
 
 
-def _approve_new(
-    uow: UnitOfWork, session: AccessSession, home: Home, approver: str, duration_s: int
-) -> None:
-    db = uow.db
-    if session.public_key is None:
-        session.private_key_once, session.public_key = key_pair()
-    session.tunnel_ip = _allocate_tunnel_ip(db, home, session.public_key)
-    session.preshared_key = base64.b64encode(os.urandom(32)).decode()
-    session.state = "approved"
-    session.approved_at = uow.now
-    session.approved_by = approver
-    session.duration_s = duration_s
-    session.expires_at = uow.now + timedelta(seconds=duration_s)
-    db.flush()  # the unique index speaks here
-    session.approved_revision = bump_revision(uow, home.id)
-    uow.audit(
-        approver,
-        "session.approved",
-        session.id,
-        {
-            "duration_s": duration_s,
-            "tunnel_ip": session.tunnel_ip,
-            "key_origin": session.key_origin,
-        },
-    )
-    uow.transition("approved")
-    emit(uow, home, "session.approved", session)
+def _decide(
+    broker: Broker,
+    principal: Principal,
+    session_id: str,
+    action: str,
+    roles: Sequence[str] | None,
+    transition: Transition,
+) -> dict[str, Any]:
+    """End the session first if it is overdue, then, in one unit of work: find it as the
+    caller may see it, check the role, run ``transition``; the session as it is after."""
+    _expire_if_due(broker, session_id)
+
+    def work(uow: UnitOfWork) -> dict[str, Any]:
+        session = session_for(uow.db, principal, session_id, action)
+        if roles is not None:
+            require_role(principal, roles, action, session.id)
+        return session_view(transition(uow, session))
+
+    return broker.run(work)
 
 
-def is_overdue(uow: UnitOfWork, session: AccessSession) -> bool:
-    if session.state in LIVE_STATES:
-        return session.expires_at is not None and session.expires_at <= uow.now
-    if session.state == "requested":
-        ttl = timedelta(seconds=uow.broker.settings.request_ttl_s)
-        return session.requested_at + ttl <= uow.now
-    return False
+def _check_step_up(uow: UnitOfWork, principal: Principal, home: Home, code: str | None) -> None:
+    """A home may require a fresh TOTP code for every approval."""
+    if not home.require_totp_for_approval:
+        return
+    user = uow.db.get(User, principal.id)
+    assert user is not None
+    if not user.totp_enabled:
+        raise ApiError(403, "this home requires TOTP to approve; enable TOTP first")
+    if not accept_totp(user, code, uow.now):
+        raise denied(
+            403,
+            "a fresh TOTP code is required to approve",
+            principal.actor,
+            "session.approve",
+            home.id,
+        )
 
 
 def approve(
-    uow: UnitOfWork, approver: Principal, session: AccessSession, duration_s: int | None
-) -> AccessSession:
-    home = uow.db.get(Home, session.home_id)
-    assert home is not None
-    if is_overdue(uow, session):  # the caller ran the expiry first; this is the race guard
-        raise denied(409, "session has expired", approver.actor, "session.approve", session.id)
-    if session.state == "requested":
-        duration = session.duration_s if duration_s is None else duration_s
-        if duration > session.duration_s:
-            raise PolicyError(
-                f"approval may shorten the requested {session.duration_s}s, not lengthen it"
-            )
-        validate_duration(duration, HomePolicy.from_dict(home.policy).max_duration_s)
-        _approve_new(uow, session, home, approver.actor, duration)
-    elif session.state in LIVE_STATES and session.pending_grants:
-        added = session.pending_grants
-        session.grants = grant_dicts(_grants(session.grants) + _grants(added))
-        session.pending_grants = []
-        bump_revision(uow, home.id)
-        uow.audit(approver.actor, "session.escalation_approved", session.id, {"grants": added})
-        emit(uow, home, "session.approved", session)
-    else:
-        what = "has ended" if session.state == "ended" else "is already approved"
-        raise denied(409, f"session {what}", approver.actor, "session.approve", session.id)
-    return session
+    broker: Broker,
+    principal: Principal,
+    session_id: str,
+    duration_s: int | None = None,
+    totp: str | None = None,
+) -> dict[str, Any]:
+    """The homeowner (or an admin) approves as asked or shorter, or a pending escalation."""
+
+    def transition(uow: UnitOfWork, session: AccessSession) -> AccessSession:
+        home = uow.db.get(Home, session.home_id)
+        assert home is not None
+        _check_step_up(uow, principal, home, totp)
+        return lifecycle.approve(uow, principal, session, duration_s)
+
+    return _decide(broker, principal, session_id, "session.approve", DECIDERS, transition)
 
 
-def deny(uow: UnitOfWork, actor: Principal, session: AccessSession, reason: str) -> AccessSession:
-    if session.state == "requested":
-        return end(uow, session, "denied", actor.actor, reason)
-    if session.state in LIVE_STATES and session.pending_grants:
-        dropped = session.pending_grants
-        session.pending_grants = []
-        uow.audit(
-            actor.actor,
-            "session.escalation_denied",
-            session.id,
-            {"grants": dropped, "reason": reason},
-        )
-        return session
-    raise denied(
-        409, f"session is {session.state}: nothing to deny", actor.actor, "session.deny", session.id
-    )
+def deny(broker: Broker, principal: Principal, session_id: str, reason: str) -> dict[str, Any]:
+    def transition(uow: UnitOfWork, session: AccessSession) -> AccessSession:
+        return lifecycle.deny(uow, principal, session, reason)
+
+    return _decide(broker, principal, session_id, "session.deny", DECIDERS, transition)
 
 
-def revoke(uow: UnitOfWork, actor: Principal, session: AccessSession, reason: str) -> AccessSession:
-    if session.state == "ended":
-        raise denied(409, "session has already ended", actor.actor, "session.revoke", session.id)
-    return end(uow, session, "revoked", actor.actor, reason)
+def revoke(broker: Broker, principal: Principal, session_id: str, reason: str) -> dict[str, Any]:
+    """Anyone who may see the session may end it: homeowner, admin, its technician."""
+
+    def transition(uow: UnitOfWork, session: AccessSession) -> AccessSession:
+        return lifecycle.revoke(uow, principal, session, reason)
+
+    return _decide(broker, principal, session_id, "session.revoke", None, transition)
 
 
-def cancel(uow: UnitOfWork, actor: Principal, session: AccessSession) -> AccessSession:
-    if session.state != "requested":
-        raise denied(
-            409,
-            "only a requested session can be cancelled",
-            actor.actor,
-            "session.cancel",
-            session.id,
-        )
-    return end(uow, session, "cancelled", actor.actor)
+def cancel(broker: Broker, principal: Principal, session_id: str) -> dict[str, Any]:
+    def transition(uow: UnitOfWork, session: AccessSession) -> AccessSession:
+        return lifecycle.cancel(uow, principal, session)
 
-
-def end(
-    uow: UnitOfWork, session: AccessSession, end_reason: str, actor: str, reason: str = ""
-) -> AccessSession:
-    """End a session and forget its secrets; the agent drops the peer at the next revision."""
-    was_live = session.state in LIVE_STATES
-    session.state = "ended"
-    session.end_reason = end_reason
-    session.ended_at = uow.now
-    session.ended_by = actor
-    session.preshared_key = None
-    session.private_key_once = None
-    session.pending_grants = []
-    uow.db.flush()
-    if was_live:
-        bump_revision(uow, session.home_id)
-    details: dict[str, Any] = {"end_reason": end_reason}
-    if reason:
-        details["reason"] = reason
-    uow.audit(actor, "session.ended", session.id, details)
-    uow.transition(end_reason)
-    home = uow.db.get(Home, session.home_id)
-    assert home is not None
-    emit(uow, home, "session.ended", session)
-    return session
+    return _decide(broker, principal, session_id, "session.cancel", ["technician"], transition)
 
 
 def add_grants(
-    uow: UnitOfWork, technician: Principal, session: AccessSession, texts: Sequence[str]
-) -> AccessSession:
-    """Escalation: extra grants wait in ``pending_grants`` until the homeowner approves."""
-    if session.state not in LIVE_STATES or is_overdue(uow, session):
+    broker: Broker, principal: Principal, session_id: str, grants: Sequence[str]
+) -> dict[str, Any]:
+    """Escalation: the extra grants wait for the homeowner's approval."""
+
+    def transition(uow: UnitOfWork, session: AccessSession) -> AccessSession:
+        return lifecycle.add_grants(uow, principal, session, grants)
+
+    return _decide(broker, principal, session_id, "session.grants", ["technician"], transition)
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigDownload:
+    """A wg-quick file; ``private_key_included`` only in the first download of a session
+    whose key pair the broker made (the key is then forgotten)."""
+
+    text: str
+    private_key_included: bool
+
+
+def download_config(
+    uow: UnitOfWork, principal: Principal, session_id: str, format: str
+) -> ConfigDownload:
+    """The session's technician only, while the session is live."""
+    session = session_for(uow.db, principal, session_id, "session.config")
+    if session.technician_id != principal.id:
+        raise denied(
+            403,
+            "only the session's technician can download its config",
+            principal.actor,
+            "session.config",
+            session.id,
+        )
+    if session.state not in LIVE_STATES or lifecycle.is_overdue(uow, session):
         raise denied(
             409,
-            "grants can only be added to a live session",
-            technician.actor,
-            "session.grants",
+            f"session is {session.state}, not live",
+            principal.actor,
+            "session.config",
             session.id,
         )
     home = uow.db.get(Home, session.home_id)
-    assert home is not None
-    specs, grants = resolve_grants(uow.db, home, texts)
-    evaluate(HomePolicy.from_dict(home.policy), technician.identities, specs, session.duration_s)
-    session.pending_grants = grant_dicts(_grants(session.pending_grants) + grants)
-    uow.audit(
-        technician.actor,
-        "session.escalation_requested",
-        session.id,
-        {"grants": [str(spec) for spec in specs]},
+    assert home is not None and session.tunnel_ip is not None
+    if not home.agent_public_key or not home.endpoint:
+        raise ApiError(409, "the home's agent has no public key or endpoint yet (enroll it)")
+    tunnel_ip = ip_address(session.tunnel_ip)
+    assert isinstance(tunnel_ip, IPv4Address)
+    private_key, session.private_key_once = session.private_key_once, None
+    text = render_wg_quick(
+        TechnicianConfig(
+            private_key=private_key,
+            tunnel_ip=tunnel_ip,
+            router_public_key=home.agent_public_key,
+            endpoint=home.endpoint,
+            grants=tuple(Grant.from_dict(g) for g in session.grants),
+            preshared_key=session.preshared_key,
+        )
     )
-    emit(uow, home, "session.requested", session)
-    return session
+    session.config_downloads += 1
+    uow.audit(
+        principal.actor,
+        "session.config_downloaded",
+        session.id,
+        {"private_key_revealed": private_key is not None, "format": format},
+    )
+    return ConfigDownload(text, private_key is not None)

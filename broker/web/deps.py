@@ -7,7 +7,7 @@ from typing import Annotated, Any
 from fastapi import Depends, Request
 
 from broker.access import require_role
-from broker.auth import Principal, broker_of, lookup_user
+from broker.auth import Principal, broker_of, principal_for_token
 
 from .render import cookie_policy
 from .security import csrf_ok
@@ -34,12 +34,9 @@ def current_viewer(request: Request) -> Principal:
     token = cookie_policy(request).session_token(request)
     if token is None:
         raise SignInRequired
-    broker = broker_of(request)
-    with broker.sessionmaker() as db, db.begin():
-        user = lookup_user(db, token, broker.clock())
-        if user is None:
-            raise SignInRequired
-        viewer = Principal(id=user.id, email=user.email, role=user.role)
+    viewer = principal_for_token(broker_of(request), token)
+    if viewer is None:
+        raise SignInRequired
     request.state.viewer = viewer
     return viewer
 

@@ -7,8 +7,9 @@ from typing import Annotated
 from fastapi import APIRouter, Form, Request, Response
 from fastapi.responses import RedirectResponse
 
-from broker.routes import homes as homes_api
-from broker.routes import identity as api
+from broker import users_service
+from broker.auth import broker_of
+from broker.reads import homes, people
 from broker.schemas import NewUser, Role
 
 from .deps import Admin
@@ -19,17 +20,19 @@ router = APIRouter()
 
 
 def _overview(request: Request, viewer: Admin, created: dict[str, str] | None = None) -> Response:
-    homes = homes_api.list_homes(request, viewer)["homes"]
-    users = api.list_users(request, viewer)["users"]
-    emails = {u["id"]: u["email"] for u in users}
+    broker = broker_of(request)
+    with broker.read() as db:
+        users = people.list_users(db, viewer)["users"]
+        listed = homes.list_homes(db, viewer)["homes"]
+        tokens = people.list_tokens(db, viewer)["tokens"]
     context = {
         "title": "Admin",
-        "homes": homes,
+        "homes": listed,
         "users": users,
-        "emails": emails,
-        "tokens": api.list_tokens(request, viewer)["tokens"],
+        "emails": {u["id"]: u["email"] for u in users},
+        "tokens": tokens,
         "created": created,
-        "now": request.app.state.broker.clock(),
+        "now": broker.clock(),
         "when_dt": when,
     }
     return page(request, "admin.html", context)
@@ -49,13 +52,15 @@ def create_user(
     password: Annotated[str, Form(max_length=1024)] = "",
 ) -> Response:
     """The new user's first API token is shown on this one page and never again."""
-    created = api.new_user(
-        request, viewer, NewUser(email=email, role=role, password=password or None)
+    body = NewUser(email=email, role=role, password=password or None)
+    created = broker_of(request).run(
+        lambda uow: users_service.new_user(uow, viewer, body.email, body.role, body.password)
     )
     return _overview(request, viewer, created)
 
 
 @router.post("/admin/tokens/{token_id}/revoke")
 def revoke_token(request: Request, viewer: Admin, token_id: str) -> Response:
-    api.revoke_token(request, viewer, token_id)
+    with broker_of(request).unit_of_work() as uow:
+        users_service.revoke_token(uow, viewer, token_id)
     return RedirectResponse("/web/admin", status_code=303)

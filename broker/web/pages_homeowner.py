@@ -8,12 +8,14 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Form, Request, Response
 from fastapi.responses import RedirectResponse
 
-from broker.routes import homes as api
-from broker.schemas import DevicePatch, HomePatch, NewDevice
+from broker import homes_service
+from broker.auth import broker_of
+from broker.reads import homes
+from broker.schemas import DevicePatch, NewDevice
 from netpolicy import PolicyError
 
 from .deps import Homeowner
-from .queries import audit_status, session_cards, shorter_durations, with_usage
+from .queries import audit_status, session_cards, shorter_durations
 from .render import page
 
 router = APIRouter()
@@ -29,7 +31,7 @@ def requests_waiting(request: Request, viewer: Homeowner) -> Response:
 
 @router.get("/active")
 def active_now(request: Request, viewer: Homeowner) -> Response:
-    cards = with_usage(request, viewer, session_cards(request, viewer, "approved", "active"))
+    cards = session_cards(request, viewer, "approved", "active", with_usage=True)
     return page(request, "active.html", {"title": "Active now", "cards": cards})
 
 
@@ -45,16 +47,18 @@ def history(request: Request, viewer: Homeowner) -> Response:
 
 @router.get("/homes")
 def my_homes(request: Request, viewer: Homeowner) -> Response:
-    homes = api.list_homes(request, viewer)["homes"]
-    if len(homes) == 1:
-        return RedirectResponse(f"/web/homes/{homes[0]['id']}", status_code=303)
-    return page(request, "homes.html", {"title": "Homes", "homes": homes})
+    with broker_of(request).read() as db:
+        listed = homes.list_homes(db, viewer)["homes"]
+    if len(listed) == 1:
+        return RedirectResponse(f"/web/homes/{listed[0]['id']}", status_code=303)
+    return page(request, "homes.html", {"title": "Homes", "homes": listed})
 
 
 @router.get("/homes/{home_ref}")
 def home_page(request: Request, viewer: Homeowner, home_ref: str) -> Response:
-    home = api.get_home(request, viewer, home_ref)
-    devices = api.list_devices(request, viewer, home["id"])["devices"]
+    with broker_of(request).read() as db:
+        home = homes.get_home(db, viewer, home_ref)
+        devices = homes.list_devices(db, viewer, home["id"])["devices"]
     policy = home["policy"] or {}
     context = {
         "title": f"Home {home['name']}",
@@ -80,7 +84,10 @@ def add_device(
     ip: Annotated[str, Form(max_length=64)],
     mac: Annotated[str, Form(max_length=17)] = "",
 ) -> Response:
-    api.add_device(request, viewer, home_ref, NewDevice(name=name, ip=ip, mac=mac or None))
+    body = NewDevice(name=name, ip=ip, mac=mac or None)
+    broker_of(request).run(
+        lambda uow: homes_service.add_device(uow, viewer, home_ref, body.name, body.ip, body.mac)
+    )
     return _back(home_ref)
 
 
@@ -92,13 +99,16 @@ def rename_device(
     device_ref: str,
     name: Annotated[str, Form(max_length=64)],
 ) -> Response:
-    api.patch_device(request, viewer, home_ref, device_ref, DevicePatch(name=name))
+    changes = DevicePatch(name=name).model_dump(exclude_unset=True)
+    with broker_of(request).unit_of_work() as uow:
+        homes_service.update_device(uow, viewer, home_ref, device_ref, changes)
     return _back(home_ref)
 
 
 @router.post("/homes/{home_ref}/devices/{device_ref}/remove")
 def remove_device(request: Request, viewer: Homeowner, home_ref: str, device_ref: str) -> Response:
-    api.delete_device(request, viewer, home_ref, device_ref)
+    with broker_of(request).unit_of_work() as uow:
+        homes_service.remove_device(uow, viewer, home_ref, device_ref)
     return _back(home_ref)
 
 
@@ -125,15 +135,17 @@ def set_policy(
     require_totp: Annotated[str, Form(max_length=8)] = "",
 ) -> Response:
     """Duration cap, who may ask, what needs no human, and TOTP for approvals, in one go."""
-    home = api.get_home(request, viewer, home_ref)
+    broker = broker_of(request)
+    with broker.read() as db:
+        home = homes.get_home(db, viewer, home_ref)
     policy = {
         **(home["policy"] or {}),
         "max_duration_s": max_minutes * 60,
         "technicians": [line.strip() for line in technicians.splitlines() if line.strip()],
         "auto_approve": _auto_rules(auto_approve),
     }
-    api.put_policy(request, viewer, home["id"], policy)
-    api.patch_home(
-        request, viewer, home["id"], HomePatch(require_totp_for_approval=bool(require_totp))
-    )
+    with broker.unit_of_work() as uow:
+        homes_service.set_policy(uow, viewer, home["id"], policy)
+    changes = {"require_totp_for_approval": bool(require_totp)}
+    homes_service.update_home(broker, viewer, home["id"], changes)
     return _back(home["id"])

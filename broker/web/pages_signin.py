@@ -6,18 +6,15 @@ from __future__ import annotations
 import io
 from typing import Annotated
 
-import pyotp
 import segno
 from fastapi import APIRouter, Form, Request, Response
 from fastapi.responses import RedirectResponse
-from sqlalchemy import select
 
+from broker import users_service
 from broker.auth import broker_of
-from broker.db.models import ApiToken, User
 from broker.errors import ApiError
-from broker.ids import digest
-from broker.routes.identity import confirm_totp, login, me, revoke_token, start_totp
-from broker.schemas import Login, TotpCode
+from broker.reads import people
+from broker.schemas import TotpCode
 
 from .deps import SignInRequired, Viewer, current_viewer
 from .render import cookie_policy, page
@@ -58,13 +55,15 @@ def sign_in(
     totp: Annotated[str, Form(max_length=10)] = "",
     next: Annotated[str, Form(max_length=512)] = "/web/",
 ) -> Response:
+    code = totp.strip() or None
+    broker = broker_of(request)
     try:
-        issued = login(request, Login(email=email, password=password, totp=totp.strip() or None))
+        issued = broker.run(lambda uow: users_service.login(uow, email, password, code))
     except ApiError as exc:
         if exc.status != 401:
             raise
         if exc.denial is not None:
-            broker_of(request).record_denial(exc.denial)
+            broker.record_denial(exc.denial)
         context = {
             "title": "Sign in",
             "next": _safe_next(next),
@@ -73,7 +72,7 @@ def sign_in(
         }
         return page(request, "login.html", context, status=401)
     response = RedirectResponse(_safe_next(next), status_code=303)
-    ttl = broker_of(request).settings.login_token_ttl_s
+    ttl = broker.settings.login_token_ttl_s
     cookie_policy(request).set_session(response, issued["token"], ttl)
     return response
 
@@ -83,12 +82,10 @@ def sign_out(request: Request, viewer: Viewer) -> Response:
     """Revoke the token behind the cookie, so a copied cookie is worthless too."""
     token = cookie_policy(request).session_token(request) or ""
     broker = broker_of(request)
-    with broker.sessionmaker() as db, db.begin():
-        token_id = db.scalars(
-            select(ApiToken.id).where(ApiToken.token_hash == digest(token))
-        ).first()
-    if token_id is not None:
-        revoke_token(request, viewer, token_id)
+    with broker.unit_of_work() as uow:
+        token_id = people.token_id_of(uow.db, token)
+        if token_id is not None:
+            users_service.revoke_token(uow, viewer, token_id)
     response = RedirectResponse("/web/login", status_code=303)
     cookie_policy(request).clear_session(response)
     return response
@@ -96,7 +93,9 @@ def sign_out(request: Request, viewer: Viewer) -> Response:
 
 @router.get("/account")
 def account(request: Request, viewer: Viewer) -> Response:
-    return page(request, "account.html", {"title": "Your account", "me": me(request, viewer)})
+    with broker_of(request).read() as db:
+        me = people.me(db, viewer)
+    return page(request, "account.html", {"title": "Your account", "me": me})
 
 
 def _setup_page(request: Request, secret: str, uri: str, message: str = "") -> Response:
@@ -114,7 +113,8 @@ def _setup_page(request: Request, secret: str, uri: str, message: str = "") -> R
 @router.post("/account/totp")
 def start_authenticator(request: Request, viewer: Viewer) -> Response:
     """A new TOTP secret as a QR code for the authenticator app; it is on only after a code."""
-    started = start_totp(request, viewer)
+    with broker_of(request).unit_of_work() as uow:
+        started = users_service.start_totp(uow, viewer)
     return _setup_page(request, started["secret"], started["uri"])
 
 
@@ -122,16 +122,18 @@ def start_authenticator(request: Request, viewer: Viewer) -> Response:
 def confirm_authenticator(
     request: Request, viewer: Viewer, code: Annotated[str, Form(min_length=6, max_length=10)]
 ) -> Response:
+    broker = broker_of(request)
     try:
-        confirm_totp(request, viewer, TotpCode(code=code.strip()))
+        with broker.unit_of_work() as uow:
+            users_service.confirm_totp(uow, viewer, TotpCode(code=code.strip()).code)
     except ApiError as exc:
         if exc.status != 422:
             raise
-        with broker_of(request).sessionmaker() as db:
-            secret = db.scalars(select(User.totp_secret).where(User.id == viewer.id)).one()
-        if secret is None:
+        with broker.read() as db:
+            setup = people.totp_setup(db, viewer)
+        if setup is None:
             raise
-        uri = pyotp.TOTP(secret).provisioning_uri(name=viewer.email, issuer_name="ztb")
+        secret, uri = setup
         return _setup_page(
             request, secret, uri, "That code is wrong or already used. Try the next one."
         )

@@ -8,8 +8,9 @@ from typing import Annotated
 from fastapi import APIRouter, Form, Request, Response
 from fastapi.responses import RedirectResponse
 
-from broker.routes import homes as homes_api
-from broker.routes import sessions as api
+from broker import sessions_service
+from broker.auth import broker_of
+from broker.reads import homes as home_reads
 from broker.schemas import MAX_GRANTS, NewSession
 from netpolicy import PolicyError
 
@@ -29,11 +30,12 @@ def my_requests(request: Request, viewer: Technician) -> Response:
 
 @router.get("/tech/new")
 def new_request(request: Request, viewer: Technician, home: str = "") -> Response:
-    homes = homes_api.list_homes(request, viewer)["homes"]
-    chosen = next((h for h in homes if home in (h["id"], h["name"])), None)
-    if chosen is None and len(homes) == 1:
-        chosen = homes[0]
-    devices = homes_api.list_devices(request, viewer, chosen["id"])["devices"] if chosen else []
+    with broker_of(request).read() as db:
+        homes = home_reads.list_homes(db, viewer)["homes"]
+        chosen = next((h for h in homes if home in (h["id"], h["name"])), None)
+        if chosen is None and len(homes) == 1:
+            chosen = homes[0]
+        devices = home_reads.list_devices(db, viewer, chosen["id"])["devices"] if chosen else []
     context = {
         "title": "Ask for access",
         "homes": homes,
@@ -76,5 +78,9 @@ def submit_request(
         reason=reason.strip(),
         public_key=public_key.strip() or None,
     )
-    session = api.new_session(request, viewer, body)
+    session = broker_of(request).run(
+        lambda uow: sessions_service.request_access(
+            uow, viewer, body.home, body.grants, body.duration_s, body.reason, body.public_key
+        )
+    )
     return RedirectResponse(f"/web/sessions/{session['id']}", status_code=303)

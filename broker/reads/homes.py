@@ -1,0 +1,37 @@
+"""Homes and devices a caller may see: owners and admins see a home whole, a technician
+its name and devices once its policy admits them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from ..access import can_see_home, home_for
+from ..auth import Principal
+from ..db.models import Agent, Device, Home
+from ..views import device_view, home_summary, home_view
+
+
+def home_with_agents(db: Session, home: Home) -> dict[str, Any]:
+    agents = list(db.scalars(select(Agent).where(Agent.home_id == home.id)))
+    return home_view(home, agents)
+
+
+def list_homes(db: Session, principal: Principal) -> dict[str, Any]:
+    homes = db.scalars(select(Home).order_by(Home.name))
+    if principal.role == "technician":
+        visible = [h for h in homes if can_see_home(principal, h, as_technician=True)]
+        return {"homes": [home_summary(h) for h in visible]}
+    return {"homes": [home_with_agents(db, h) for h in homes if can_see_home(principal, h)]}
+
+
+def get_home(db: Session, principal: Principal, home_ref: str) -> dict[str, Any]:
+    return home_with_agents(db, home_for(db, principal, home_ref, "home.read"))
+
+
+def list_devices(db: Session, principal: Principal, home_ref: str) -> dict[str, Any]:
+    home = home_for(db, principal, home_ref, "device.list", as_technician=True)
+    devices = db.scalars(select(Device).where(Device.home_id == home.id).order_by(Device.name))
+    return {"devices": [device_view(d) for d in devices]}
