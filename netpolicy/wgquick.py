@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+import unicodedata
+from collections.abc import Collection
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address
 
@@ -22,6 +25,32 @@ class TechnicianConfig:
     preshared_key: str | None = None
     tunnel_ip6: IPv6Address | None = None
     keepalive_s: int = 25
+
+
+# wg-quick names the interface after the file and accepts only these names (the kernel's
+# IFNAMSIZ is 16 bytes with the terminating NUL).
+INTERFACE_NAME = re.compile(r"^[a-zA-Z0-9_=+.-]{1,15}$")
+_NOT_IN_NAMES = re.compile(r"[^a-z0-9_=+.-]+")
+
+
+def config_interface_name(home_name: str, taken: Collection[str] = ()) -> str:
+    """The interface (and file stem) for a downloaded config: ``ztb-<home>``, valid for wg-quick.
+
+    At most 15 characters of ``[a-z0-9_=+.-]``: ``Maple Street`` gives ``ztb-maple-stree``,
+    ``Müller`` gives ``ztb-muller``.
+    A name in ``taken`` (another session's config already there, or a home whose name
+    starts the same) gets ``-2``, ``-3``, ... in place of its tail, so two tunnels up at
+    once never fight over one interface.
+    """
+    ascii_name = unicodedata.normalize("NFKD", home_name).encode("ascii", "ignore").decode()
+    stem = _NOT_IN_NAMES.sub("-", ascii_name.lower()).strip("-.") or "home"
+    base = f"ztb-{stem}"[:15].rstrip("-.")
+    candidate, number = base, 1
+    while candidate in taken:
+        number += 1
+        suffix = f"-{number}"
+        candidate = base[: 15 - len(suffix)].rstrip("-.") + suffix
+    return candidate
 
 
 def allowed_ips(grants: tuple[Grant, ...]) -> list[str]:

@@ -253,6 +253,13 @@ def test_full_story(people: People, ztb_home: Path, tmp_path: Path) -> None:
     assert f"PrivateKey = {private_key}" in stripped.stdout
     qr = tech.ok("session", "config", session_id, "--qr")
     assert "█" in qr or "▀" in qr
+    # Given a directory, ztb names the file so wg-quick accepts it; a name it would refuse
+    # (interface names are at most 15 characters) is refused before anything is written.
+    named = tech.ok("session", "config", session_id, "--output", str(tmp_path))
+    assert f"wrote {tmp_path / 'ztb-ann-house.conf'}" in named or "ztb-home_" in named
+    too_long = tmp_path / f"ztb-{session_id}.conf"
+    assert "at most 15" in tech.fails("session", "config", session_id, "-o", str(too_long))
+    assert not too_long.exists()
 
     revoked = tech.ok("session", "revoke", session_id, "--reason", "done")
     assert f"session {session_id}  ended (revoked)" in revoked
@@ -352,6 +359,10 @@ def test_tokens_and_totp(people: People, capsys: pytest.CaptureFixture[str]) -> 
     assert "<your private key>" not in first
     assert "not on this machine" in people.tech.fails(
         "session", "config", session_id, "--wait", "0"
+    )
+    # No QR code without the key either, and the reason is said.
+    assert "shown once, in the first config download" in people.tech.fails(
+        "session", "config", session_id, "--wait", "0", "--qr"
     )
 
 

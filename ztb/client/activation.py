@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 import time
+from typing import Any
 
 from ztb.client.http import ZtbClient
 
@@ -18,8 +19,9 @@ ACTIVE_POLL_MAX_S = 0.25
 
 def wait_until_active(
     client: ZtbClient, session_id: str, limit_s: float, *, announce: bool = True
-) -> None:
-    """Hold the config until the router has applied the session (state ``active``).
+) -> dict[str, Any]:
+    """Hold the config until the router has applied the session (state ``active``);
+    returns the session as last read.
 
     A tunnel brought up before the router has the peer sends a handshake that goes
     unanswered, and WireGuard retries only after 5 s: waiting here is what makes access
@@ -29,9 +31,9 @@ def wait_until_active(
     deadline = time.monotonic() + limit_s
     pause = ACTIVE_POLL_S
     while True:
-        state = client.get_session(session_id).get("state")
-        if state != "approved" or time.monotonic() >= deadline:
-            return
+        session = client.get_session(session_id)
+        if session.get("state") != "approved" or time.monotonic() >= deadline:
+            return session
         if announce:
             print("waiting for the home router to apply the session...", file=sys.stderr)
             announce = False

@@ -38,8 +38,13 @@ def write_secret(path: Path, text: str) -> None:
         file.write(text)
 
 
-def fill_private_key(config: str, session_id: str) -> str:
-    """Put the locally kept private key into the broker's placeholder line, if it has one."""
+def fill_private_key(config: str, session_id: str, key_origin: object = None) -> str:
+    """Put the locally kept private key into the broker's placeholder line, if it has one.
+
+    Without the key there is no usable config (nor QR code), so the error says where the
+    key is: on the machine that requested the session, or nowhere for a broker-made key
+    whose one reveal has been used.
+    """
     lines = config.splitlines(keepends=True)
     spots = [i for i, line in enumerate(lines) if line.strip() == PRIVATE_KEY_PLACEHOLDER]
     if not spots:
@@ -48,10 +53,20 @@ def fill_private_key(config: str, session_id: str) -> str:
     try:
         private_key = path.read_text().strip()
     except FileNotFoundError:
-        raise RuntimeError(
+        if key_origin == "broker":
+            raise KeyNotHere(
+                f"the private key of {session_id} was made by the broker and shown once, in "
+                "the first config download; it is not on this machine and the broker keeps "
+                "no copy (request a new session)"
+            ) from None
+        raise KeyNotHere(
             f"the private key of {session_id} is not on this machine (looked for {path}); "
             "fetch the config where the session was requested"
         ) from None
     for i in spots:
         lines[i] = f"PrivateKey = {private_key}\n"
     return "".join(lines)
+
+
+class KeyNotHere(RuntimeError):
+    """The config needs a private key that this machine does not hold."""

@@ -21,6 +21,11 @@ def grants_text(grants: object) -> str:
     return ", ".join(grant_text(g) for g in grants) if isinstance(grants, list) else "-"
 
 
+def home_name(session: dict[str, Any]) -> str:
+    """The home's name when the broker sent it, else its id."""
+    return str(session.get("home_name") or session.get("home_id") or "home")
+
+
 def state_text(session: dict[str, Any]) -> str:
     state = str(session.get("state", "?"))
     reason = session.get("end_reason")

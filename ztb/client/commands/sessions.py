@@ -35,10 +35,12 @@ from ztb.client.commands.common import (
 from ztb.client.commands.session_text import (
     describe,
     grants_text,
+    home_name,
     report_text,
     state_text,
     when_text,
 )
+from ztb.client.config_files import BadConfigName, write_config
 from ztb.client.http import ZtbClient
 from ztb.client.keys import fill_private_key, key_path, keys_dir, write_secret
 from ztb.wgkeys import key_pair
@@ -294,10 +296,16 @@ def session_config(
     output: Annotated[
         Path | None,
         typer.Option(
-            "--output", "-o", help="Write here (mode 0600), e.g. ztb0.conf.", dir_okay=False
+            "--output",
+            "-o",
+            help="Write here (mode 0600): a FILE.conf whose name wg-quick accepts (at most "
+            "15 characters before .conf), or a directory to get DIR/ztb-<home>.conf.",
         ),
     ] = None,
-    qr: Annotated[bool, typer.Option("--qr", help="Show a QR code for the mobile app.")] = False,
+    qr: Annotated[
+        bool,
+        typer.Option("--qr", help="Show a QR code for the mobile app (needs the private key)."),
+    ] = False,
     wait: Annotated[
         float,
         typer.Option(
@@ -316,16 +324,21 @@ def session_config(
     if qr and as_json:
         raise typer.BadParameter("--qr and --json exclude each other")
     with connect(broker, token, ca_cert) as client:
-        wait_until_active(client, session_id, wait)
-        config = fill_private_key(client.wg_quick(session_id), session_id)
+        session = wait_until_active(client, session_id, wait)
+        config = client.wg_quick(session_id)
+    config = fill_private_key(config, session_id, session.get("key_origin"))
+    written = None
     if output is not None:
-        write_secret(output, config)
+        try:
+            written = write_config(output, session_id, home_name(session), config)
+        except BadConfigName as exc:
+            raise typer.BadParameter(str(exc), param_hint="--output") from None
     if as_json:
-        print_json({"id": session_id, "config": config, "output": str(output) if output else None})
+        print_json({"id": session_id, "config": config, "output": written and str(written)})
     elif qr:
         _print_qr(config)
-    elif output is not None:
-        typer.echo(f"wrote {output} (mode 0600); connect with: wg-quick up {output.resolve()}")
+    elif written is not None:
+        typer.echo(f"wrote {written} (mode 0600); connect with: wg-quick up {written.resolve()}")
     else:
         typer.echo(config, nl=False)
 
