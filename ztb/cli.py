@@ -29,6 +29,7 @@ GROUPS: dict[str, tuple[str, str]] = {
     "device": ("ztb.client.commands.devices", "manage a home's devices"),
     "session": ("ztb.client.commands.sessions", "request, approve and end access sessions"),
     "audit": ("ztb.client.commands.audit", "verify and export the audit chain"),
+    "relay": ("broker.relay.cli", "relay WireGuard paths for homes behind NAT"),
     "lab": ("lab.cli", "network-namespace lab: up, down, demo"),
     "completion": ("ztb.completion", "print the bash completion script"),
 }
