@@ -112,8 +112,9 @@ HOMES: tuple[NatHome, ...] = (
 class NatLab:
     """The NAT homes, relay and NAT'd technician on top of ``lab``."""
 
-    def __init__(self, lab: Lab) -> None:
+    def __init__(self, lab: Lab, relay_kernel: bool = True) -> None:
         self.lab = lab
+        self.relay_kernel = relay_kernel
         self.prefix = lab.topo.prefix
         self.tech_keys = technician.KeyPair.generate()
         self.router_keys = {1: lab.router_keys}
@@ -172,10 +173,11 @@ class NatLab:
         )
 
     # ------------------------------------------------------------------ build
-    def build(self) -> None:
+    def build(self, homes: bool = True) -> None:
+        """Everything; with ``homes=False`` only the relay's namespace (no relay process)."""
         state = self.lab.state
-        roles = ["relay", "ntnat", "ntech"]
-        for home in HOMES[1:]:
+        roles = ["relay", "ntnat", "ntech"] if homes else ["relay"]
+        for home in HOMES[1:] if homes else ():
             roles += [role for role, _, _ in home.nat_chain]
             roles += [f"h{home.index}router", f"h{home.index}dev"]
         for role in roles:
@@ -188,6 +190,8 @@ class NatLab:
         inet = self.lab.topo.inet
         self._on_wan(inet, self.relay_ns, RELAY_IP)
         netns.sysctl(self.relay_ns, {"net.ipv4.ip_forward": "1"})
+        if not homes:
+            return
         self._nat_box(inet, self.ns("ntnat"), TECH_NAT_WAN, TECH_INSIDE, self.tech_ns)
         for home in HOMES[1:]:
             self._build_home(inet, home)
@@ -294,6 +298,7 @@ class NatLab:
             "--ports", "100",
             "--paths-file", str(self.paths_file),
             "--metrics", f"{RELAY_IP}:{RELAY_METRICS_PORT}",
+            *(() if self.relay_kernel else ("--no-kernel",)),
         )  # fmt: skip
         log = self.lab.run_dir / "relay.log"
         self.lab.spawn(self.relay_ns, argv, "relay", log)
@@ -430,13 +435,13 @@ class NatLab:
             self.connect_technician(home, sessions[home.index])
         return sessions
 
-    def relay_metrics(self) -> str:
+    def relay_metrics(self, port: int = RELAY_METRICS_PORT) -> str:
         """The relay's ``/metrics`` text, fetched from inside its namespace."""
         out = netns.run_in(
             self.relay_ns,
             [sys.executable, "-c",
              "import urllib.request,sys;"
-             f"sys.stdout.write(urllib.request.urlopen('http://{RELAY_IP}:{RELAY_METRICS_PORT}"
+             f"sys.stdout.write(urllib.request.urlopen('http://{RELAY_IP}:{port}"
              "/metrics',timeout=5).read().decode())"],
         )  # fmt: skip
         return out.stdout

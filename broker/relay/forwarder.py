@@ -90,6 +90,7 @@ class Relay:
         self.revision = -1
         self.socket_errors = 0
         self.closed_counters = Counters()  # what paths that are gone forwarded and dropped
+        self._closing: set[asyncio.Task[None]] = set()
 
     async def apply(self, state: RelayState) -> None:
         """Make the open paths exactly ``state.paths``."""
@@ -135,7 +136,9 @@ class Relay:
         self.offload_when_ready(live)
 
     def _expire(self, path_id: str) -> None:
-        asyncio.get_running_loop().create_task(self.close_path(path_id))
+        task = asyncio.get_running_loop().create_task(self.close_path(path_id))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
 
     async def close_path(self, path_id: str) -> None:
         """Kernel forwarding first, then the sockets: nothing of the path is left."""

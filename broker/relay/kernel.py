@@ -1,8 +1,8 @@
 """Forwarding of learned paths in the kernel: stateless NAT in the relay's own nft table.
 
 Once the relay knows both ends of a path, each direction becomes four map elements: a
-transport-data datagram's ``source address . source port . relay port`` picks a mark; in prerouting the
-mark picks the new destination (the other end) and the packet skips conntrack
+transport-data datagram's ``source address . source port . relay port`` picks a mark; in
+prerouting the mark picks the new destination (the other end) and the packet skips conntrack
 (``notrack``: no state per flow, and no clash with the flows the relay's sockets saw); in
 postrouting the mark picks the new source (the relay's other port of the path). The
 kernel forwards it like a router would, so the data path costs no system call and no
@@ -18,6 +18,7 @@ only ``table ip ztb_relay``; it never touches another table.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -78,16 +79,33 @@ class _Installed:
     keys: tuple[str, str]
 
 
+@dataclass(slots=True)
+class _Change:
+    """nft lines for one path, and whether missing elements are fine (a delete may meet
+    elements the kernel already expired)."""
+
+    lines: list[str]
+    tolerant: bool
+    done: asyncio.Future[None]
+
+
 class KernelPaths:
-    """The relay's nft table; ``install``/``remove`` are the ``forwarder.Offload`` calls."""
+    """The relay's nft table; ``install``/``remove`` are the ``forwarder.Offload`` calls.
+
+    Changes queue up and go to ``nft`` as one batch (one process, one transaction) when
+    the previous batch is done: a relay that learns 1,000 paths at once (after a restart,
+    say) spends a few ``nft`` runs on them, not 1,000.
+    """
 
     def __init__(self, address: str, limits: Limits, nft: str = "nft") -> None:
         self.address = address
         self.limits = limits
         self.nft = nft
         self._installed: dict[str, _Installed] = {}
-        self._free = list(range(MAX_MARKS - 2, -1, -2))
-        self._lock = asyncio.Lock()
+        self._free: list[int] = []  # marks of removed paths, used again first
+        self._next_mark = 0
+        self._queue: list[_Change] = []
+        self._flushing: asyncio.Task[None] | None = None
 
     async def setup(self) -> None:
         await self._run(table_script(self.address, self.limits))
@@ -102,55 +120,93 @@ class KernelPaths:
         timeout = int(ttl)  # whole seconds, rounded down: never forwards past the deadline
         if timeout < 1:
             return
-        async with self._lock:
-            pair = self._installed.get(spec.path_id)
-            if pair is not None:
-                await self._delete(spec.path_id, pair)
-            first = self._free.pop()
-            marks = (MARK_TAG | first, MARK_TAG | (first + 1))
-            directions = (
-                (technician, spec.technician_port, home, spec.home_port, marks[0]),
-                (home, spec.home_port, technician, spec.technician_port, marks[1]),
-            )
-            lines, keys = [], []
-            for (src_ip, src_port), arrive, (dst_ip, dst_port), leave, mark in directions:
-                key = f"{src_ip} . {src_port} . {arrive}"
-                keys.append(key)
-                t = f"timeout {timeout}s"
-                lines += [
-                    f"add element ip {TABLE} mark_daddr {{ {mark:#x} {t} : {dst_ip} }}",
-                    f"add element ip {TABLE} mark_dport {{ {mark:#x} {t} : {dst_port} }}",
-                    f"add element ip {TABLE} mark_sport {{ {mark:#x} {t} : {leave} }}",
-                    f"add element ip {TABLE} to_mark {{ {key} {t} : {mark:#x} }}",
-                ]
-            await self._run("\n".join(lines) + "\n")
-            self._installed[spec.path_id] = _Installed(marks, (keys[0], keys[1]))
+        removal = self._forget(spec.path_id)
+        first = self._new_mark()
+        marks = (MARK_TAG | first, MARK_TAG | (first + 1))
+        directions = (
+            (technician, spec.technician_port, home, spec.home_port, marks[0]),
+            (home, spec.home_port, technician, spec.technician_port, marks[1]),
+        )
+        lines, keys = [], []
+        for (src_ip, src_port), arrive, (dst_ip, dst_port), leave, mark in directions:
+            key = f"{src_ip} . {src_port} . {arrive}"
+            keys.append(key)
+            t = f"timeout {timeout}s"
+            lines += [
+                f"add element ip {TABLE} mark_daddr {{ {mark:#x} {t} : {dst_ip} }}",
+                f"add element ip {TABLE} mark_dport {{ {mark:#x} {t} : {dst_port} }}",
+                f"add element ip {TABLE} mark_sport {{ {mark:#x} {t} : {leave} }}",
+                f"add element ip {TABLE} to_mark {{ {key} {t} : {mark:#x} }}",
+            ]
+        self._installed[spec.path_id] = _Installed(marks, (keys[0], keys[1]))
+        if removal is not None:
+            await removal
+        await self._submit(lines, tolerant=False)
 
     async def remove(self, path_id: str) -> None:
-        async with self._lock:
-            pair = self._installed.get(path_id)
-            if pair is not None:
-                await self._delete(path_id, pair)
+        removal = self._forget(path_id)
+        if removal is not None:
+            await removal
 
-    async def _delete(self, path_id: str, pair: _Installed) -> None:
-        """The lookup elements go first, so no packet meets half a path. An element the
-        kernel already expired makes the batch fail; then each goes on its own."""
+    def _new_mark(self) -> int:
+        if self._free:
+            return self._free.pop()
+        if self._next_mark >= MAX_MARKS:
+            raise KernelError("no free marks: too many paths in the kernel")
+        self._next_mark += 2
+        return self._next_mark - 2
+
+    def _forget(self, path_id: str) -> asyncio.Future[None] | None:
+        """Queue the deletion of a path's elements (lookups first, so no packet meets half
+        a path); its marks are free again at once."""
+        pair = self._installed.pop(path_id, None)
+        if pair is None:
+            return None
         lines = [f"delete element ip {TABLE} to_mark {{ {key} }}" for key in pair.keys]
         for mark in pair.marks:
             lines += [
                 f"delete element ip {TABLE} {name} {{ {mark:#x} }}"
                 for name in ("mark_daddr", "mark_dport", "mark_sport")
             ]
-        try:
-            await self._run("\n".join(lines) + "\n")
-        except KernelError:
-            for line in lines:
-                try:
-                    await self._run(line + "\n")
-                except KernelError:
-                    continue
-        del self._installed[path_id]
         self._free.append(pair.marks[0] & ~MARK_MASK)
+        return self._enqueue(lines, tolerant=True)
+
+    async def _submit(self, lines: list[str], tolerant: bool) -> None:
+        await self._enqueue(lines, tolerant)
+
+    def _enqueue(self, lines: list[str], tolerant: bool) -> asyncio.Future[None]:
+        loop = asyncio.get_running_loop()
+        change = _Change(lines, tolerant, loop.create_future())
+        self._queue.append(change)
+        if self._flushing is None:
+            self._flushing = loop.create_task(self._flush())
+        return change.done
+
+    async def _flush(self) -> None:
+        try:
+            while self._queue:
+                batch, self._queue = self._queue, []
+                try:
+                    await self._run("".join(line + "\n" for c in batch for line in c.lines))
+                    for change in batch:
+                        change.done.set_result(None)
+                except KernelError:
+                    for change in batch:  # one bad change must not sink the others
+                        await self._apply_alone(change)
+        finally:
+            self._flushing = None
+
+    async def _apply_alone(self, change: _Change) -> None:
+        try:
+            await self._run("".join(line + "\n" for line in change.lines))
+        except KernelError as exc:
+            if not change.tolerant:
+                change.done.set_exception(exc)
+                return
+            for line in change.lines:
+                with contextlib.suppress(KernelError):
+                    await self._run(line + "\n")
+        change.done.set_result(None)
 
     async def counters(self) -> dict[str, Any]:
         """Kernel-forwarded packets and bytes per path, and the kernel's rate drops."""

@@ -8,6 +8,7 @@ the last good one stays in force, as the agent does.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import time
@@ -95,10 +96,8 @@ async def run(options: RelayOptions, source: PathsFile, stop: asyncio.Event) -> 
                     )
             except (PolicyError, OSError) as exc:
                 log.error("relay document refused", extra={"reason": str(exc)})
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), FILE_POLL_S)
-            except TimeoutError:
-                pass
     finally:
         await relay.close()
         if server is not None:

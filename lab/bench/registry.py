@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from . import capacity, change_cost, end_to_end, expiry, latency
+from . import capacity, change_cost, end_to_end, expiry, latency, relay
 from .modes import Mode
 from .results import Measurement
 
@@ -19,4 +19,6 @@ MEASUREMENTS: dict[str, MeasureFn] = {
     "time_to_access": end_to_end.time_to_access,
     "broker_capacity": capacity.measure,
     "agent_rss": end_to_end.agent_rss,
+    "relay_vs_direct": relay.relay_vs_direct,
+    "relay_capacity": relay.relay_capacity,
 }
