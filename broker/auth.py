@@ -12,6 +12,7 @@ import base64
 import hashlib
 import hmac
 import os
+import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -29,6 +30,7 @@ from .tls_server import peer_agent
 
 _SCRYPT = {"n": 2**14, "r": 8, "p": 1}
 TOTP_STEP_S = 30
+_TOTP_CODE = re.compile(r"[0-9]{6}")
 LAST_SEEN_RESOLUTION = timedelta(seconds=5)
 
 
@@ -85,8 +87,8 @@ def check_password(password: str, stored: str | None) -> bool:
 
 def accept_totp(user: User, code: str | None, now: datetime) -> bool:
     """A current code (±1 step for clock drift), each step usable once: no replays."""
-    if not user.totp_secret or not code:
-        return False
+    if not user.totp_secret or not code or not _TOTP_CODE.fullmatch(code):
+        return False  # never hand a non-ASCII string to compare_digest (TypeError: a 500)
     totp = pyotp.TOTP(user.totp_secret)
     current = int(now.timestamp()) // TOTP_STEP_S
     for step in (current - 1, current, current + 1):

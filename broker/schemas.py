@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 Role = Literal["admin", "homeowner", "technician"]
 MAX_GRANTS = 64
+# A TOTP code is exactly six ASCII digits (RFC 6238 as authenticator apps show it); anything
+# else is refused by the schema, before any password or secret is looked at.
+TOTP_CODE_PATTERN = r"^[0-9]{6}$"
+TotpDigits = Annotated[str, Field(pattern=TOTP_CODE_PATTERN)]
 
 
 class Body(BaseModel):
@@ -17,7 +21,7 @@ class Body(BaseModel):
 class Login(Body):
     email: str = Field(max_length=254)
     password: str = Field(max_length=1024)
-    totp: str | None = Field(default=None, max_length=10)
+    totp: TotpDigits | None = None
 
 
 class NewPassword(Body):
@@ -25,7 +29,7 @@ class NewPassword(Body):
 
 
 class TotpCode(Body):
-    code: str = Field(min_length=6, max_length=10)
+    code: TotpDigits
 
 
 class NewUser(Body):
@@ -81,7 +85,7 @@ class NewSession(Body):
 
 class Approval(Body):
     duration_s: int | None = None
-    totp: str | None = Field(default=None, max_length=10)
+    totp: TotpDigits | None = None
 
 
 class Reason(Body):
