@@ -22,7 +22,6 @@ from .auth import write_last_seen
 from .clock import Clock, system_clock
 from .config import Settings
 from .context import Broker
-from .db import sealing
 from .db.engine import make_engine, migrate, session_factory
 from .errors import ApiError
 from .expiry import run_maintenance
@@ -177,8 +176,7 @@ def create_app(
     ``run_maintenance(app.state.broker)`` themselves."""
     settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     engine = make_engine(settings.database_url)
-    box = secret_key.open_box(settings, engine)
-    sealing.attach(engine, box)
+    box = secret_key.attach_key(settings, engine)
     migrate(engine)
     secret_key.check_fingerprint(engine, box)
     metrics = Metrics()

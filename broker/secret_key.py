@@ -25,7 +25,7 @@ from sqlalchemy.exc import IntegrityError
 
 from .config import Settings
 from .db.models import SealingKey
-from .db.sealing import KEY_BYTES, SealError, SecretBox
+from .db.sealing import KEY_BYTES, SealError, SecretBox, attach
 
 KEY_FILE = "secrets.key"
 KEY_FILE_ENV = "ZTB_SECRET_KEY_FILE"
@@ -81,8 +81,18 @@ def open_box(settings: Settings, engine: Engine) -> SecretBox:
     return write_new_key(path)
 
 
+def attach_key(settings: Settings, engine: Engine) -> SecretBox:
+    """Give the engine its key before migrations run (they seal or open existing values)."""
+    box = open_box(settings, engine)
+    attach(engine, box)
+    return box
+
+
 def check_fingerprint(engine: Engine, box: SecretBox) -> None:
-    """Record the key's fingerprint on first use; afterwards refuse any other key."""
+    """Record the key's fingerprint on first use; afterwards refuse any other key. (A
+    schema older than sealing has nowhere to record it.)"""
+    if not inspect(engine).has_table(SealingKey.__tablename__):
+        return
     recorded = recorded_fingerprint(engine)
     if recorded is None:
         try:

@@ -204,13 +204,16 @@ def migrate(
     """Upgrade (or downgrade) the database schema under a lock: replicas take turns."""
     from broker.db.engine import make_engine
     from broker.db.engine import migrate as run_migrations
+    from broker.secret_key import attach_key, check_fingerprint
 
     settings = Settings(data_dir=data_dir, db_url=db)
     if db is None:
         data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     engine = make_engine(settings.database_url)
     try:
+        box = attach_key(settings, engine)  # sealing (0003) and its downgrade need the key
         before, after = run_migrations(engine, to)
+        check_fingerprint(engine, box)
     finally:
         engine.dispose()
     result = {"before": before, "after": after, "changed": before != after}
