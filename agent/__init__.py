@@ -5,12 +5,11 @@ the backend that needs them is chosen.
 """
 
 from .desired_file import DesiredStateFile, DesiredStateSource
-from .nft_backend import NftBackend, NftError
-from .reconcile import Agent, ApplyResult, InterfaceSpec
-from .wg_backend import PeerState, WireGuardBackend, WireGuardError
+from .nftables.backend import NftBackend, NftError
+from .reconcile import ApplyResult, InterfaceSpec, Reconciler
+from .wireguard.backend import PeerState, WireGuardBackend, WireGuardError
 
 __all__ = [
-    "Agent",
     "ApplyResult",
     "DesiredStateFile",
     "DesiredStateSource",
@@ -18,6 +17,7 @@ __all__ = [
     "NftBackend",
     "NftError",
     "PeerState",
+    "Reconciler",
     "WireGuardBackend",
     "WireGuardError",
 ]

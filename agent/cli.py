@@ -18,10 +18,10 @@ from typing import NoReturn, TypeVar, get_args
 
 from .desired_file import DesiredStateSource
 from .events import log_event
-from .nft_backend import NftChoice
-from .reconcile import Agent, InterfaceSpec
+from .nftables.backend import NftChoice
+from .reconcile import InterfaceSpec, Reconciler
 from .state_dir import StateDir
-from .wg_backend import WireGuardChoice, WireGuardError, key_to_hex
+from .wireguard.backend import WireGuardChoice, WireGuardError, key_to_hex
 
 PROG = "ztb agent"
 Number = TypeVar("Number", int, float)
@@ -236,9 +236,9 @@ def _run(args: argparse.Namespace) -> None:
     state_dir: Path | None = args.state_dir
     if (desired_state is None) == (state_dir is None):
         raise UsageError("give exactly one of --desired-state FILE or --state-dir DIR")
-    from .nft_backend import make_nft
+    from .nftables.backend import make_nft
     from .runner import Reporter, Runner
-    from .wg_select import make_wireguard
+    from .wireguard.select import make_wireguard
 
     stop = threading.Event()
     source: DesiredStateSource
@@ -251,7 +251,7 @@ def _run(args: argparse.Namespace) -> None:
         source = DesiredStateFile(desired_state, sleep=stop.wait)
     else:
         assert state_dir is not None
-        from .broker_source import BrokerSource
+        from .broker_link.source import BrokerSource
 
         state = StateDir(state_dir)
         spec = _state_dir_interface(state, args)
@@ -259,19 +259,19 @@ def _run(args: argparse.Namespace) -> None:
         source, reporter, start_source = broker, broker.report, broker.start
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
-    agent = Agent(make_wireguard(spec.name, args.wireguard), make_nft(args.nft), spec)
+    reconciler = Reconciler(make_wireguard(spec.name, args.wireguard), make_nft(args.nft), spec)
     log_event(
         "start",
         pid=os.getpid(),
         interface=spec.name,
-        wireguard=agent.wireguard.kind,
-        nft=agent.nft.kind,
+        wireguard=reconciler.wireguard.kind,
+        nft=reconciler.nft.kind,
         source=desired_state or f"broker via {state_dir}",
     )
     if start_source is not None:
         start_source()
     runner = Runner(
-        agent,
+        reconciler,
         source,
         stop,
         args.status_file,
@@ -285,7 +285,9 @@ def _run(args: argparse.Namespace) -> None:
 
 def _enroll(args: argparse.Namespace) -> None:
     """Enroll this router with the broker: pin its CA, get a client certificate."""
-    from .enroll import enroll as enroll_agent  # cryptography: loaded for this command only
+    from .broker_link.enroll import (
+        enroll as enroll_agent,  # cryptography: loaded for this command only
+    )
 
     state_dir: Path = args.state_dir
     config = enroll_agent(
@@ -313,8 +315,8 @@ def _enroll(args: argparse.Namespace) -> None:
 
 def _teardown(args: argparse.Namespace) -> None:
     """Delete the WireGuard interface, then ``table inet ztb``; nothing else is touched."""
-    from .nft_backend import delete_table, make_nft
-    from .wg_select import make_wireguard
+    from .nftables.backend import delete_table, make_nft
+    from .wireguard.select import make_wireguard
 
     interface: str = args.interface
     # The interface goes first: with it gone no tunnel packet can slip past a missing table.

@@ -1,7 +1,7 @@
 """Where desired-state documents come from: a source the run loop polls.
 
 ``DesiredStateFile`` watches one JSON file (stat signature, then a content hash) and is
-what ``ztb agent run --desired-state FILE`` uses; ``broker_source.BrokerSource`` long-polls
+what ``ztb agent run --desired-state FILE`` uses; ``broker_link.source.BrokerSource`` long-polls
 the broker behind the same protocol.
 """
 

@@ -1,6 +1,6 @@
 """Make the kernel match a desired-state document: nft set elements, then WireGuard peers.
 
-``Agent.apply`` is idempotent and incremental, and its cost follows the change, not the
+``Reconciler.apply`` is idempotent and incremental, and its cost follows the change, not the
 number of live grants. The agent keeps a model of what the kernel holds (each element
 with its expiry on the monotonic clock, each peer) and lists the kernel only when that
 model is unknown: at start, on ``relist`` (the periodic resync, which also undoes changes
@@ -13,41 +13,19 @@ without elements can only mean its elements expired or were deleted, and the res
 treats that session as over. On removal the nft transaction (deleting elements) also runs
 before peers are removed.
 
-Deleting an element deletes its counters, so the last traffic of a session would never be
-reported. Final counters are therefore read just before they go (``take_final_counters``
-hands them to the report):
-
-- Revoke, or any removal from the document: right before the transaction that deletes
-  them, the leaving elements' counters are read (one netlink round trip for those keys,
-  ~0.2 ms whatever the set size). A failed or partial read is logged and skipped; it never
-  stops the delete.
-- Expiry: the kernel removes elements on its own at their timeout, which is the session's
-  lifetime rounded down to whole seconds, so it falls in the session's last second. The
-  expiry timer deletes the elements when under one second is left, normally just before
-  the kernel does, and reads them like a revoke. As a fallback for a late loop, each
-  session's counters are also read ``EXPIRY_READ_LEAD_S`` before its kernel timeout
-  (``read_expiring_counters``). Blind spot: if the kernel's timeout wins the race (the loop
-  was late, or the agent was down), traffic after that earlier read, at most the last
-  ~1.5 s, is never counted, and nothing at all is read while the agent is down.
+Deleting an element deletes its counters, so the elements of a leaving session are read
+just before they go (``counters.py``); what the agent says about the kernel is built in
+``status.py``.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from netpolicy import (
-    AgentReport,
-    DesiredState,
-    ElementCounters,
-    HomeNetwork,
-    LiveSession,
-    PeerReport,
-    PortRange,
-)
-from netpolicy.grants import parse_ip
+from netpolicy import DesiredState, ElementCounters, HomeNetwork, LiveSession
 from netpolicy.nft import (
     LIFETIME_SLACK_S,
     ElementDiff,
@@ -60,20 +38,18 @@ from netpolicy.nft import (
     table_commands,
     timeout_seconds,
 )
-from netpolicy.report import MAX_ELEMENTS, MAX_PEERS
 
+from .counters import FinalCounters
 from .events import log_event
 from .lifetimes import SessionLifetimes, remaining_at
-from .nft_backend import Listing, NftBackend, NftError
-from .wg_backend import PeerState, WireGuardBackend, WireGuardError, canonical_ips
+from .nftables.backend import Listing, NftBackend, NftError
+from .status import Reading, by_tunnel, counters_report, describe, session_tunnels
+from .wireguard.backend import PeerState, WireGuardBackend, WireGuardError, canonical_ips
 
 Clock = Callable[[], float]
 # An element can expire between listing and deleting it, failing the whole (atomic)
 # transaction; one retry on a fresh listing settles that race.
 _NFT_ATTEMPTS = 2
-# How long before an element's kernel timeout its counters are read, in case the kernel
-# removes it before the expiry timer does.
-EXPIRY_READ_LEAD_S = 1.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,29 +72,6 @@ class ApplyResult:
         return bool(
             self.elements_added or self.elements_deleted or self.peers_set or self.peers_removed
         )
-
-
-def bounded_report(
-    revision: int, peers: Sequence[PeerReport] = (), elements: Sequence[ElementCounters] = ()
-) -> AgentReport:
-    """A report of at most what the broker accepts; the first rows win (finals go first).
-
-    A home never comes near the bounds in practice; if one did, a report the broker
-    refuses would block every later one, so the rest waits for the next reading.
-    """
-    return AgentReport(revision, tuple(peers[:MAX_PEERS]), tuple(elements[:MAX_ELEMENTS]))
-
-
-@dataclass(frozen=True, slots=True)
-class Reading:
-    """One read of the kernel: the status file's view and the broker's report of it.
-
-    ``report`` is None before the first document (there is no revision to report); it
-    holds what sessions own, cut to the report's bounds (the status keeps everything).
-    """
-
-    status: dict[str, Any]
-    report: AgentReport | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,10 +125,6 @@ def session_peer(session: LiveSession) -> PeerState:
     return PeerState(session.public_key, canonical_ips(ips), session.preshared_key)
 
 
-def _session_tunnels(session: LiveSession) -> set[str]:
-    return {str(ip) for ip in (session.tunnel_ip, session.tunnel_ip6) if ip is not None}
-
-
 def _same_shape(a: LiveSession, b: LiveSession) -> bool:
     """Equal but for ``expires_in``: the same peer and the same elements."""
     return (
@@ -203,7 +152,7 @@ def kernel_lifetimes(
         shortest[key.tunnel_ip] = element.expires if have is None else min(have, element.expires)
     left: dict[str, float] = {}
     for session in desired.sessions:
-        expires = [shortest[ip] for ip in _session_tunnels(session) if ip in shortest]
+        expires = [shortest[ip] for ip in session_tunnels(session) if ip in shortest]
         if expires:
             left[session.session_id] = float(min(expires))
         elif session.public_key in peers:
@@ -215,28 +164,7 @@ def _has_table(listing: Listing) -> bool:
     return any(isinstance(item, dict) and "table" in item for item in listing.get("nftables", []))
 
 
-def _ports(key: ElementKey) -> str:
-    return str(key.first) if key.first == key.last else f"{key.first}-{key.last}"
-
-
-def element_counters(
-    session_id: str, key: ElementKey, element: KernelElement, final: bool = False
-) -> ElementCounters:
-    """One element's kernel counters as the report carries them."""
-    ports = PortRange(key.first, key.last)
-    return ElementCounters(
-        session_id, parse_ip(key.device_ip), key.proto, ports, element.packets, element.bytes, final
-    )
-
-
-def _by_tunnel(*documents: DesiredState | None) -> dict[str, str]:
-    """Tunnel address -> session id; a later document's sessions win."""
-    return {
-        ip: s.session_id for d in documents if d for s in d.sessions for ip in _session_tunnels(s)
-    }
-
-
-class Agent:
+class Reconciler:
     """The data plane of one home router: one interface, one ``table inet ztb``."""
 
     def __init__(
@@ -257,9 +185,7 @@ class Agent:
         self._desired: DesiredState | None = None
         self._received_at = 0.0
         self._next_expiry: float | None = None
-        self._finals: dict[ElementKey, tuple[str, KernelElement]] = {}  # not yet reported
-        self._expiry_reads: dict[str, float] = {}  # session id -> kernel expiry it was read for
-        self._next_read: float | None = None
+        self._finals = FinalCounters(nft)
 
     @property
     def desired(self) -> DesiredState | None:
@@ -409,7 +335,7 @@ class Agent:
             by_tunnel.setdefault(key.tunnel_ip, set()).add(key)
         for session in plan.scope:
             keys = frozenset(
-                key for ip in _session_tunnels(session) for key in by_tunnel.get(ip, ())
+                key for ip in session_tunnels(session) for key in by_tunnel.get(ip, ())
             )
             expiries = [kernel.elements[key] for key in keys]
             kernel.written[session.session_id] = _Written(
@@ -447,84 +373,32 @@ class Agent:
         if not leaving:
             return
         if plan.full:
-            tunnels = _by_tunnel(desired, self._desired)  # the older document wrote them
+            tunnels = by_tunnel(desired, self._desired)  # the older document wrote them
             owners = {key: tunnels[key.tunnel_ip] for key in leaving if key.tunnel_ip in tunnels}
         else:
             owners = {key: w.session.session_id for w in plan.before for key in w.keys}
-        self._capture({key: owners[key] for key in leaving if key in owners})
+        self._finals.capture({key: owners[key] for key in leaving if key in owners})
 
-    def _capture(self, owned: Mapping[ElementKey, str]) -> None:
-        """Read ``owned`` elements' counters into the finals; a failure only costs the read."""
-        if not owned:
-            return
-        started = time.perf_counter()
-        try:
-            read = self.nft.read_elements(list(owned))
-        except Exception as exc:  # whatever the read hit, the delete goes on
-            log_event("final_counters_failed", elements=len(owned), error=exc)
-            return
-        for key, element in read.items():
-            self._finals[key] = (owned[key], element)
-        log_event(
-            "final_counters",
-            elements=len(owned),
-            read=len(read),
-            ms=round((time.perf_counter() - started) * 1000, 2),
-        )
-
-    def _plan_timers(self, kernel: _KernelModel, deadlines: Mapping[str, float] | None) -> None:
-        """When the next live session ends and when the next one's counters must be read.
-
-        One pass over the sessions; ``deadlines`` None keeps the expiry timer as it is.
-        """
-        ends: list[float] = []
-        reads_due: list[float] = []
-        reads: dict[str, float] = {}
-        for sid, entry in kernel.written.items():
-            if not entry.live:
-                continue
-            if deadlines is not None:
-                ends.append(deadlines[sid] - 1.0)
-            if self._expiry_reads.get(sid) == entry.expires_at:
-                reads[sid] = entry.expires_at
-            else:
-                reads_due.append(entry.expires_at - EXPIRY_READ_LEAD_S)
-        if deadlines is not None:
-            self._next_expiry = min(ends, default=None)
-        self._expiry_reads, self._next_read = reads, min(reads_due, default=None)
+    def _plan_timers(self, kernel: _KernelModel, deadlines: Mapping[str, float]) -> None:
+        """When the next live session ends, and when the next one's counters are due."""
+        ends = [deadlines[sid] - 1.0 for sid, entry in kernel.written.items() if entry.live]
+        self._next_expiry = min(ends, default=None)
+        self._finals.plan(kernel.written)
 
     def next_counter_read(self) -> float | None:
         """When ``read_expiring_counters`` has work: a live session nears its kernel timeout."""
-        return self._next_read
+        return self._finals.next_read
 
     def read_expiring_counters(self) -> int:
-        """Read the counters of sessions whose elements expire within ``EXPIRY_READ_LEAD_S``.
-
-        Cost follows those sessions' elements; returns how many elements were asked for.
-        """
-        kernel, now = self._kernel, self._clock()
-        if kernel is None or self._next_read is None or now < self._next_read:
+        """Read the counters of sessions whose elements are about to expire in the kernel."""
+        kernel = self._kernel
+        if kernel is None:
             return 0
-        owned: dict[ElementKey, str] = {}
-        for sid, entry in kernel.written.items():
-            due = entry.expires_at - EXPIRY_READ_LEAD_S <= now
-            if entry.live and due and self._expiry_reads.get(sid) != entry.expires_at:
-                self._expiry_reads[sid] = entry.expires_at
-                owned.update((k, sid) for k in entry.keys if kernel.elements.get(k, now) > now)
-        self._capture(owned)
-        self._plan_timers(kernel, None)
-        return len(owned)
+        return self._finals.read_expiring(kernel.written, kernel.elements, self._clock())
 
     def take_final_counters(self) -> list[ElementCounters]:
-        """Counters read just before their elements went, once each, for the next report.
-
-        The one place a reading is marked ``final``: nothing later can be read of them.
-        """
-        finals, self._finals = self._finals, {}
-        return [
-            element_counters(sid, key, element, final=True)
-            for key, (sid, element) in sorted(finals.items())
-        ]
+        """Counters read just before their elements went, once each, for the next report."""
+        return self._finals.take()
 
     def next_expiry(self) -> float | None:
         """When the next live session drops under one second left (its end, rounded down)."""
@@ -535,10 +409,6 @@ class Agent:
         if self._desired is None:
             return None
         return self.apply(self._desired, self._received_at)
-
-    def _session_ids(self) -> tuple[dict[str, str], dict[str, str]]:
-        sessions = self._desired.sessions if self._desired else ()
-        return _by_tunnel(self._desired), {s.public_key: s.session_id for s in sessions}
 
     def status(self) -> dict[str, Any]:
         """What the agent believes the kernel holds, from its model: no kernel read.
@@ -553,7 +423,7 @@ class Agent:
             else {}
         )
         peers = list(kernel.peers.values()) if kernel else []
-        return self._describe(elements, peers, counters=False)
+        return describe(self._desired, self.remaining(), elements, peers, counters=False)
 
     def report(self) -> Reading:
         """Per-session lifetimes and the kernel's per-element and per-peer counters.
@@ -562,71 +432,11 @@ class Agent:
         """
         peers = self.wireguard.list_peers()
         elements = parse_set_listing(self.nft.list_table())
-        status = self._describe(elements, peers, counters=True)
+        status = describe(self._desired, self.remaining(), elements, peers, counters=True)
         desired = self._desired
-        if desired is None:
-            return Reading(status, None)
-        by_tunnel, by_key = self._session_ids()
-        owned = [
-            element_counters(by_tunnel[key.tunnel_ip], key, element)
-            for key, element in sorted(elements.items())
-            if key.tunnel_ip in by_tunnel
-        ]
-        peer_reports = [
-            PeerReport(p.public_key, p.last_handshake or None, p.rx_bytes, p.tx_bytes)
-            for p in sorted(peers, key=lambda p: p.public_key)
-            if p.public_key in by_key
-        ]
-        return Reading(status, bounded_report(desired.revision, peer_reports, owned))
-
-    def _describe(
-        self,
-        elements: Mapping[ElementKey, KernelElement],
-        peers: list[PeerState],
-        counters: bool,
-    ) -> dict[str, Any]:
-        desired = self._desired
-        by_tunnel, by_key = self._session_ids()
-        peer_keys = {p.public_key for p in peers}
-        remaining = self.remaining()
-        element_rows = []
-        for key, el in sorted(elements.items()):
-            row: dict[str, Any] = {
-                "session_id": by_tunnel.get(key.tunnel_ip),
-                "tunnel_ip": key.tunnel_ip,
-                "device_ip": key.device_ip,
-                "proto": key.proto,
-                "ports": _ports(key),
-                "expires": el.expires,
-            }
-            if counters:
-                row.update(packets=el.packets, bytes=el.bytes)
-            element_rows.append(row)
-        peer_rows = []
-        for p in sorted(peers, key=lambda p: p.public_key):
-            peer_row: dict[str, Any] = {
-                "public_key": p.public_key,
-                "session_id": by_key.get(p.public_key),
-                "allowed_ips": list(p.allowed_ips),
-            }
-            if counters:
-                peer_row.update(
-                    last_handshake=p.last_handshake, rx_bytes=p.rx_bytes, tx_bytes=p.tx_bytes
-                )
-            peer_rows.append(peer_row)
-        return {
-            "revision": desired.revision if desired else None,
-            "sessions": {
-                s.session_id: {
-                    "remaining": round(remaining.get(s.session_id, 0.0), 3),
-                    "peer": s.public_key in peer_keys,
-                }
-                for s in (desired.sessions if desired else ())
-            },
-            "elements": element_rows,
-            "peers": peer_rows,
-            "counters": counters,
-        }
+        return Reading(
+            status, None if desired is None else counters_report(desired, elements, peers)
+        )
 
 
 def _keys(written: Iterable[_Written]) -> set[ElementKey]:

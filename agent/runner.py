@@ -29,9 +29,10 @@ from ztb.files import write_atomic
 
 from .desired_file import DesiredStateSource
 from .events import log_event
-from .nft_backend import NftError
-from .reconcile import Agent, Clock, bounded_report
-from .wg_backend import WireGuardError
+from .nftables.backend import NftError
+from .reconcile import Clock, Reconciler
+from .status import bounded_report
+from .wireguard.backend import WireGuardError
 
 _RETRY_S = 1.0
 _APPLY_ERRORS = (NftError, WireGuardError, OSError, subprocess.TimeoutExpired)
@@ -43,7 +44,7 @@ Reporter = Callable[[AgentReport], None]
 class Runner:
     def __init__(
         self,
-        agent: Agent,
+        reconciler: Reconciler,
         source: DesiredStateSource,
         stop: threading.Event,
         status_file: Path | None = None,
@@ -53,7 +54,7 @@ class Runner:
         reporter: Reporter | None = None,
         report_interval: float = 30.0,
     ) -> None:
-        self.agent = agent
+        self.reconciler = reconciler
         self.source = source
         self.stop = stop
         self.status_file = status_file
@@ -73,11 +74,13 @@ class Runner:
     def run(self) -> None:
         while not self.stop.is_set():
             self.step()
-        log_event("stop", revision=self.agent.desired.revision if self.agent.desired else None)
+        log_event(
+            "stop", revision=self.reconciler.desired.revision if self.reconciler.desired else None
+        )
 
     def _wait(self, now: float) -> float:
         wait = self.poll_interval
-        for timer in (self.agent.next_expiry(), self.agent.next_counter_read()):
+        for timer in (self.reconciler.next_expiry(), self.reconciler.next_counter_read()):
             if timer is not None:
                 wait = min(wait, max(0.0, timer - now))
         return wait
@@ -86,7 +89,7 @@ class Runner:
         try:
             delivery = self.source.poll(self._wait(self._clock()))
         except PolicyError as exc:
-            kept = self.agent.desired.revision if self.agent.desired else None
+            kept = self.reconciler.desired.revision if self.reconciler.desired else None
             log_event("bad_desired_state", error=str(exc), enforcing_revision=kept)
             delivery = None
         if self.stop.is_set():
@@ -99,7 +102,7 @@ class Runner:
         reason = self._due(now)
         if reason is not None:
             self._apply(reason, now)
-        if self.agent.read_expiring_counters():  # only when one is due
+        if self.reconciler.read_expiring_counters():  # only when one is due
             self._report_finals(always=False)
         if self._report_due(now):
             self.report(now)
@@ -109,7 +112,7 @@ class Runner:
             return None
         if self._dirty:
             return "document"
-        expiry = self.agent.next_expiry()
+        expiry = self.reconciler.next_expiry()
         if expiry is not None and now >= expiry:
             return "expiry"
         if now - self._last_apply >= self.resync_interval:
@@ -120,7 +123,9 @@ class Runner:
         assert self._document is not None
         started = time.perf_counter()
         try:
-            result = self.agent.apply(self._document, self._received, relist=reason == "resync")
+            result = self.reconciler.apply(
+                self._document, self._received, relist=reason == "resync"
+            )
         except _APPLY_ERRORS as exc:
             self._retry_at = now + max(_RETRY_S, self.poll_interval)
             log_event("apply_failed", reason=reason, revision=self._document.revision, error=exc)
@@ -138,20 +143,20 @@ class Runner:
                 ms=round((time.perf_counter() - started) * 1000, 1),
             )
         if self.status_file is not None:
-            self._write_status(self.agent.status())
+            self._write_status(self.reconciler.status())
         # A new document gets "applied" (building every row here would cost O(live grants)
         # per apply); the final counters of sessions that just left go with it.
         self._report_finals(always=reason == "document")
 
     def _report_finals(self, always: bool) -> None:
         """Report the revision with the final counters read since the last call, if any."""
-        finals = self.agent.take_final_counters()
-        desired = self.agent.desired
+        finals = self.reconciler.take_final_counters()
+        desired = self.reconciler.desired
         if self.reporter is not None and desired is not None and (always or finals):
             self.reporter(bounded_report(desired.revision, elements=finals))
 
     def _report_due(self, now: float) -> bool:
-        if self.agent.desired is None:
+        if self.reconciler.desired is None:
             return False
         return self._last_report is None or now - self._last_report >= self.report_interval
 
@@ -159,7 +164,7 @@ class Runner:
         """Read the kernel's counters and handshakes: status file and reporter."""
         self._last_report = now
         try:
-            reading = self.agent.report()
+            reading = self.reconciler.report()
         except _APPLY_ERRORS as exc:
             log_event("report_failed", error=exc)
             return

@@ -34,7 +34,7 @@ from typing import Any
 import httpx
 from cryptography.hazmat.primitives import serialization
 
-from agent.enroll import new_tls_key_and_csr
+from agent.broker_link.enroll import new_tls_key_and_csr
 from broker.bootstrap import bootstrap
 from broker.config import Settings
 from broker.pki import CA_CERT_FILE

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from agent.nft_backend import LibNftables
+from agent.nftables.backend import LibNftables
 from lab import netns
 from netpolicy import nft
 from netpolicy.nft import Command, ElementDiff, ElementKey

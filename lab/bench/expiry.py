@@ -21,7 +21,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from agent.nft_backend import LibNftables
+from agent.nftables.backend import LibNftables
 from netpolicy import nft
 from netpolicy.nft import ElementDiff, ElementKey
 

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 
-from agent.nft_backend import LibNftables
+from agent.nftables.backend import LibNftables
 from lab import netns
 from netpolicy import nft
 from netpolicy.nft import Command, ElementDiff

@@ -19,7 +19,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 
-from agent.nft_backend import LibNftables
+from agent.nftables.backend import LibNftables
 from lab import netns
 
 from . import workload

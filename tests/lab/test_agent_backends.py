@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from agent.wg_uapi import socket_path
+from agent.wireguard.uapi import socket_path
 from netpolicy import AgentReport, nft
 from tests.unit.test_agent_reconcile import key, make_session, make_state
 
@@ -85,7 +85,7 @@ def ifname(ns: str) -> Iterator[str]:
 # ---------------------------------------------------------------- nftables backends
 def nft_transactions(choice: str) -> dict[str, Any]:
     """In the namespace: skeleton + element, then a failing document, then listings."""
-    from agent.nft_backend import NftError, make_nft
+    from agent.nftables.backend import NftError, make_nft
 
     backend = make_nft(choice)  # type: ignore[arg-type]
     missing = backend.list_table()
@@ -133,7 +133,7 @@ def test_nft_backend_transactions_are_atomic(ns: str, choice: str) -> None:
 
 # ---------------------------------------------------------------- wireguard-go backend
 def wireguard_go_steps(ifname: str) -> dict[str, Any]:
-    from agent.wg_userspace import UserspaceWireGuard, daemon_pid
+    from agent.wireguard.userspace import UserspaceWireGuard, daemon_pid
 
     backend = UserspaceWireGuard(ifname)
     private = key(90)
@@ -154,7 +154,7 @@ def wireguard_go_steps(ifname: str) -> dict[str, Any]:
 
 
 def wireguard_go_pid(ifname: str) -> int | None:
-    from agent.wg_userspace import daemon_pid
+    from agent.wireguard.userspace import daemon_pid
 
     return daemon_pid(ifname)
 
@@ -361,17 +361,17 @@ def final_counters_steps(choice: str, tech: str, mode: str, tmp: str) -> dict[st
     import threading
 
     from agent.desired_file import DesiredStateFile
-    from agent.fakes import FakeWireGuard
-    from agent.nft_backend import make_nft
-    from agent.reconcile import Agent, InterfaceSpec
+    from agent.nftables.backend import make_nft
+    from agent.reconcile import InterfaceSpec, Reconciler
     from agent.runner import Runner
+    from tests.agent_fakes import FakeWireGuard
 
     desired = Path(tmp) / "desired.json"
     sent: list[AgentReport] = []
     backend = make_nft(choice)  # type: ignore[arg-type]
-    agent = Agent(FakeWireGuard(), backend, InterfaceSpec(TUNNEL_IF, key(90), 51999))
+    reconciler = Reconciler(FakeWireGuard(), backend, InterfaceSpec(TUNNEL_IF, key(90), 51999))
     source = DesiredStateFile(desired)
-    runner = Runner(agent, source, threading.Event(), poll_interval=0.02, reporter=sent.append)
+    runner = Runner(reconciler, source, threading.Event(), poll_interval=0.02, reporter=sent.append)
 
     def step_until(done: Callable[[], bool], seconds: float) -> None:
         deadline = time.monotonic() + seconds
@@ -380,15 +380,15 @@ def final_counters_steps(choice: str, tech: str, mode: str, tmp: str) -> dict[st
 
     expires = 3.5 if mode == "expiry" else 600.0
     desired.write_text(make_state(1, make_session(1, 443, expires_in=expires)).to_json())
-    step_until(lambda: agent.desired is not None, 5)
+    step_until(lambda: reconciler.desired is not None, 5)
     knock(tech, "38")
     before = kernel_counters()
     started = time.monotonic()
     if mode == "revoke":
         desired.write_text(make_state(2).to_json())
-        step_until(lambda: agent.desired is not None and agent.desired.revision == 2, 5)
+        step_until(lambda: reconciler.desired is not None and reconciler.desired.revision == 2, 5)
     else:
-        step_until(lambda: agent.next_expiry() is None, 6)
+        step_until(lambda: reconciler.next_expiry() is None, 6)
     finals = [e for report in sent for e in report.elements if e.final]
     return {
         "before": before,
@@ -415,7 +415,7 @@ def test_final_counters_are_read_before_the_elements_go(
 
 def read_exact_keys(choice: str) -> dict[str, Any]:
     """In the namespace: single, range and IPv6 elements; read them plus keys not there."""
-    from agent.nft_backend import make_nft
+    from agent.nftables.backend import make_nft
     from netpolicy.nft import ElementDiff, ElementKey
 
     backend = make_nft(choice)  # type: ignore[arg-type]

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from agent.enroll import new_tls_key_and_csr
+from agent.broker_link.enroll import new_tls_key_and_csr
 from broker import pki
 from lab import demo_story, netns
 from lab.broker_lab import BrokerLab, CliError, router_key, tls_get

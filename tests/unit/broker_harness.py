@@ -29,7 +29,7 @@ import pytest
 from cryptography import x509
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from agent.enroll import new_tls_key_and_csr
+from agent.broker_link.enroll import new_tls_key_and_csr
 from broker import pki
 from broker.app import create_app
 from broker.bootstrap import first_admin

@@ -25,10 +25,10 @@ from urllib.parse import parse_qsl, urlsplit
 import httpx
 import pytest
 
-from agent import enroll as agent_enroll
-from agent.broker_client import BrokerError, PinMismatch, fetch_pinned_ca
-from agent.broker_source import backoff_delay
-from agent.http_lite import CertificateRejected, DaemonClient, KeepAliveTransport, Reply
+from agent.broker_link import enroll as agent_enroll
+from agent.broker_link.cert_client import BrokerLinkError, PinMismatch, fetch_pinned_ca
+from agent.broker_link.http_lite import BrokerLink, CertificateRejected, KeepAliveTransport, Reply
+from agent.broker_link.source import backoff_delay
 from agent.state_dir import AgentConfig, CertificateValidity, StateDir, StateError
 from broker import enroll_token, pki
 from netpolicy import AgentReport, DesiredState, HomeNetwork, PolicyError
@@ -83,9 +83,9 @@ def reply(status: int, data: Any = None, text: str = "") -> Reply:
     return Reply(status, http.client.responses.get(status, ""), body)
 
 
-def daemon_client(handler: Handler, prefix: str = "") -> tuple[DaemonClient, FakeTransport]:
+def daemon_client(handler: Handler, prefix: str = "") -> tuple[BrokerLink, FakeTransport]:
     transport = FakeTransport(handler)
-    return DaemonClient(transport, prefix), transport
+    return BrokerLink(transport, prefix), transport
 
 
 # --- fetch_state / report ----------------------------------------------------------------
@@ -121,10 +121,10 @@ def test_errors_are_one_readable_line() -> None:
         broker.fetch_state(after=403, wait=0)
     assert e403.value.status == 403
     for status in (500, 503, 404):
-        with pytest.raises(BrokerError, match=f"GET /v1/agent/state \\({status}\\)") as e:
+        with pytest.raises(BrokerLinkError, match=f"GET /v1/agent/state \\({status}\\)") as e:
             broker.fetch_state(after=status, wait=0)
         assert not isinstance(e.value, CertificateRejected) and e.value.status == status
-    with pytest.raises(BrokerError, match="bad gateway"):
+    with pytest.raises(BrokerLinkError, match="bad gateway"):
         broker.fetch_state(after=502, wait=0)
 
 
@@ -138,7 +138,7 @@ def test_errors_are_one_readable_line() -> None:
 )
 def test_bad_documents_are_refused(answer: Reply, message: str) -> None:
     broker, _ = daemon_client(lambda sent: answer)
-    with pytest.raises(BrokerError, match=message):
+    with pytest.raises(BrokerLinkError, match=message):
         broker.fetch_state(after=0, wait=0)
 
 
@@ -162,9 +162,9 @@ def test_unreachable_broker(error: Exception) -> None:
         raise error
 
     broker, _ = daemon_client(handler)
-    with pytest.raises(BrokerError, match="cannot reach the broker for POST /v1/agent/report"):
+    with pytest.raises(BrokerLinkError, match="cannot reach the broker for POST /v1/agent/report"):
         broker.report(AgentReport(1))
-    with pytest.raises(BrokerError, match=r"cannot reach.*GET /v1/agent/state: .+") as e:
+    with pytest.raises(BrokerLinkError, match=r"cannot reach.*GET /v1/agent/state: .+") as e:
         broker.fetch_state(after=1, wait=0)
     assert e.value.status is None and "?" not in str(e.value)
 
@@ -262,7 +262,7 @@ def test_connection_closed_while_idle_is_replaced(local_server: LocalServer) -> 
 def test_answers_are_bounded(local_server: LocalServer) -> None:
     transport = local_server.transport(max_body=100)
     assert len(transport.request("GET", "/big/100", None, 5).body) == 100
-    with pytest.raises(BrokerError, match="exceeds 100 bytes"):
+    with pytest.raises(BrokerLinkError, match="exceeds 100 bytes"):
         transport.request("GET", "/big/101", None, 5)
     transport.request("GET", "/ok", None, 5)  # on a fresh connection
     transport.close()
@@ -284,8 +284,8 @@ def test_unreachable_port_is_a_broker_error() -> None:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]  # bound, not listening: connections are refused
         transport = KeepAliveTransport(lambda: http.client.HTTPConnection("127.0.0.1", port))
-        with pytest.raises(BrokerError, match=r"cannot reach.*refused"):
-            DaemonClient(transport).report(AgentReport(1))
+        with pytest.raises(BrokerLinkError, match=r"cannot reach.*refused"):
+            BrokerLink(transport).report(AgentReport(1))
 
 
 # --- backoff -----------------------------------------------------------------------------
@@ -316,12 +316,12 @@ def test_fetch_pinned_ca_accepts_only_the_pinned_fingerprint() -> None:
     other = pki.create_ca(NOW)
     with pytest.raises(PinMismatch, match=other.fingerprint):
         fetch_pinned_ca(URL, CA.fingerprint, serve(other.certificate_pem))
-    with pytest.raises(BrokerError, match="exactly one"):
+    with pytest.raises(BrokerLinkError, match="exactly one"):
         fetch_pinned_ca(URL, CA.fingerprint, serve("nope"))
-    with pytest.raises(BrokerError, match="no PEM"):
+    with pytest.raises(BrokerLinkError, match="no PEM"):
         fetch_pinned_ca(URL, CA.fingerprint, serve("-----BEGIN CERTIFICATE-----\nAAAA"))
     # A second certificate glued on cannot ride along with the pinned one.
-    with pytest.raises(BrokerError, match="exactly one"):
+    with pytest.raises(BrokerLinkError, match="exactly one"):
         fetch_pinned_ca(URL, CA.fingerprint, serve(CA.certificate_pem + other.certificate_pem))
 
 
@@ -413,7 +413,7 @@ def test_enroll_checks_the_answer_and_writes_nothing(
     tmp_path: Path, tamper: Callable[[dict[str, Any]], None], message: str
 ) -> None:
     token, transport, _ = fake_broker(tamper)
-    with pytest.raises((agent_enroll.EnrollmentError, BrokerError), match=message):
+    with pytest.raises((agent_enroll.EnrollmentError, BrokerLinkError), match=message):
         agent_enroll.enroll(
             URL, token, tmp_path / "s", "ztb0", 51820, "203.0.113.1:51820", transport
         )

@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from agent.broker_source import BrokerSource, RenewalOutcome, renew_in_child
-from agent.http_lite import DaemonClient, Reply
+from agent.broker_link.http_lite import BrokerLink, Reply
+from agent.broker_link.source import BrokerSource, RenewalOutcome, renew_in_child
 from agent.runner import Runner
 from agent.state_dir import CertificateValidity, StateDir
 from netpolicy import AgentReport
@@ -75,9 +75,9 @@ def setup(tmp_path: Path) -> Iterator[Setup]:
     renewals: list[int] = []
     wall = [ISSUED + timedelta(hours=1)]
 
-    def connect() -> DaemonClient:
+    def connect() -> BrokerLink:
         connects.append(1)
-        return DaemonClient(FakeTransport(broker))
+        return BrokerLink(FakeTransport(broker))
 
     def renew(path: Path, failures: int) -> RenewalOutcome:
         renewals.append(failures)
@@ -93,7 +93,7 @@ def setup(tmp_path: Path) -> Iterator[Setup]:
         wall=lambda: wall[0],
         rand=lambda: 0.5,
     )
-    runner = Runner(rig.agent, source, stop, clock=rig.clock, reporter=source.report)
+    runner = Runner(rig.reconciler, source, stop, clock=rig.clock, reporter=source.report)
     yield Setup(rig, broker, source, runner, connects, renewals, wall)
     stop.set()
 
@@ -113,7 +113,7 @@ def test_new_revision_is_applied_and_reported(setup: Setup) -> None:
     setup.runner.step()
     assert list(setup.rig.wg.peers) == [key(1)]
     # expires_in counts from the answer's arrival, not from when the request went out.
-    assert setup.rig.agent.remaining() == {"s1": 600.0}
+    assert setup.rig.reconciler.remaining() == {"s1": 600.0}
     assert setup.source.send_report_once() == 0.0
     report = setup.broker.reports[-1]
     assert report["revision"] == 1
@@ -270,13 +270,13 @@ def test_report_failures_keep_the_newest_payload(setup: Setup) -> None:
 
 def test_report_leaves_out_what_no_session_owns() -> None:
     rig = Rig()
-    assert rig.agent.report().report is None  # no document yet: no revision to report
-    rig.agent.apply(make_state(4, make_session(1)))
+    assert rig.reconciler.report().report is None  # no document yet: no revision to report
+    rig.reconciler.apply(make_state(4, make_session(1)))
     rig.wg.set_peer(key(9), None, ["100.64.0.99/32"])  # an orphan peer, until the resync
     orphan = ElementKey(4, "100.64.0.99", "192.168.1.10", "tcp", 22, 22)
     rig.nft.run([{"add": {"element": {"family": "inet", "table": "ztb", "name": "grants4",
                  "elem": [{"elem": {"val": orphan.value(), "timeout": 60}}]}}}])  # fmt: skip
-    reading = rig.agent.report()
+    reading = rig.reconciler.report()
     assert len(reading.status["elements"]) == 2 and len(reading.status["peers"]) == 2
     assert reading.report is not None
     assert [e.session_id for e in reading.report.elements] == ["s1"]

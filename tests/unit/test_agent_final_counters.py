@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
+from agent.counters import EXPIRY_READ_LEAD_S
 from agent.desired_file import DesiredStateFile
-from agent.reconcile import EXPIRY_READ_LEAD_S
 from agent.runner import Runner
 from netpolicy import AgentReport, DesiredState, ElementCounters, PortRange
 from netpolicy.nft import ElementKey, KernelElement, parse_set_listing
@@ -41,7 +41,7 @@ def final(n: int, port: int, packets: int, octets: int) -> ElementCounters:
 # ---------------------------------------------------------------- revoke
 def test_revoke_reads_exactly_the_leaving_elements_before_deleting_them() -> None:
     rig = Rig()
-    rig.agent.apply(make_state(1, make_session(1, 443, 8443), make_session(2, 22)))
+    rig.reconciler.apply(make_state(1, make_session(1, 443, 8443), make_session(2, 22)))
     rig.nft.count(element(1, 443), 38, 2280)
     rig.nft.count(element(1, 8443), 2, 120)
     rig.nft.count(element(2, 22), 5, 300)
@@ -59,25 +59,25 @@ def test_revoke_reads_exactly_the_leaving_elements_before_deleting_them() -> Non
     rig.nft.run = journaled_run  # type: ignore[method-assign]
     rig.nft.read_elements = journaled_read  # type: ignore[method-assign]
 
-    result = rig.agent.apply(make_state(2, make_session(2, 22)))
+    result = rig.reconciler.apply(make_state(2, make_session(2, 22)))
 
     assert (result.elements_deleted, result.peers_removed) == (2, 1)
     assert journal == ["read", "delete"]
     assert rig.nft.reads == [[element(1, 443), element(1, 8443)]]  # not s2, not the whole set
-    assert rig.agent.take_final_counters() == [final(1, 443, 38, 2280), final(1, 8443, 2, 120)]
-    assert rig.agent.take_final_counters() == []  # handed out once
+    assert rig.reconciler.take_final_counters() == [final(1, 443, 38, 2280), final(1, 8443, 2, 120)]
+    assert rig.reconciler.take_final_counters() == []  # handed out once
     assert "100.64.0.2" not in rig.nft.state_text()
 
 
 def test_unchanged_and_replaced_elements_are_not_read() -> None:
     rig = Rig()
-    rig.agent.apply(make_state(1, make_session(1, expires_in=600)))
-    rig.agent.apply(make_state(1, make_session(1, expires_in=600)))
+    rig.reconciler.apply(make_state(1, make_session(1, expires_in=600)))
+    rig.reconciler.apply(make_state(1, make_session(1, expires_in=600)))
     # A new lifetime replaces the element (delete + add in one transaction): not leaving.
-    result = rig.agent.apply(make_state(2, make_session(1, expires_in=300)))
+    result = rig.reconciler.apply(make_state(2, make_session(1, expires_in=300)))
     assert result.elements_deleted == 1 and result.elements_added == 1
     assert rig.nft.reads == []
-    assert rig.agent.take_final_counters() == []
+    assert rig.reconciler.take_final_counters() == []
 
 
 @pytest.mark.parametrize("error", [OSError("netlink: timed out"), ValueError("bad answer")])
@@ -85,69 +85,69 @@ def test_a_failed_read_never_blocks_the_delete(
     error: Exception, capsys: pytest.CaptureFixture[str]
 ) -> None:
     rig = Rig()
-    rig.agent.apply(make_state(1, make_session(1), make_session(2)))
+    rig.reconciler.apply(make_state(1, make_session(1), make_session(2)))
     rig.nft.fail_reads = error
-    result = rig.agent.apply(make_state(2, make_session(2)))
+    result = rig.reconciler.apply(make_state(2, make_session(2)))
     assert (result.elements_deleted, result.peers_removed) == (1, 1)
     assert "100.64.0.2" not in rig.nft.state_text()
     assert list(rig.wg.peers) == [key(2)]
-    assert rig.agent.take_final_counters() == []
+    assert rig.reconciler.take_final_counters() == []
     assert "event=final_counters_failed" in capsys.readouterr().err
 
 
 def test_elements_already_gone_are_skipped() -> None:
     rig = Rig()
-    rig.agent.apply(make_state(1, make_session(1, 443, 8443)))
+    rig.reconciler.apply(make_state(1, make_session(1, 443, 8443)))
     rig.nft.count(element(1, 443), 7, 420)
     # Someone deleted one element behind the agent's back: its read finds nothing.
     rig.nft.run([{"delete": {"element": {"family": "inet", "table": "ztb", "name": "grants4",
                  "elem": [element(1, 8443).value()]}}}])  # fmt: skip
-    rig.agent.apply(make_state(2))  # the retry on a fresh listing deletes what is left
-    assert rig.agent.take_final_counters() == [final(1, 443, 7, 420)]
+    rig.reconciler.apply(make_state(2))  # the retry on a fresh listing deletes what is left
+    assert rig.reconciler.take_final_counters() == [final(1, 443, 7, 420)]
 
 
 def test_after_a_relisting_the_leaving_elements_are_attributed_by_tunnel_address() -> None:
     rig = Rig()
-    rig.agent.apply(make_state(1, make_session(1), make_session(2)))
+    rig.reconciler.apply(make_state(1, make_session(1), make_session(2)))
     rig.nft.count(element(1, 443), 4, 240)
-    rig.agent.apply(make_state(2, make_session(2)), relist=True)  # the model starts over
-    assert rig.agent.take_final_counters() == [final(1, 443, 4, 240)]
+    rig.reconciler.apply(make_state(2, make_session(2)), relist=True)  # the model starts over
+    assert rig.reconciler.take_final_counters() == [final(1, 443, 4, 240)]
 
 
 # ---------------------------------------------------------------- expiry
 def test_counters_are_read_before_the_kernel_timeout_and_again_by_the_expiry_timer() -> None:
     rig = Rig()
-    rig.agent.apply(make_state(1, make_session(1, 443, expires_in=10.5), make_session(2)))
+    rig.reconciler.apply(make_state(1, make_session(1, 443, expires_in=10.5), make_session(2)))
     kernel_expiry = 1000.0 + 10  # the timeout is the lifetime rounded down
-    assert rig.agent.next_counter_read() == pytest.approx(kernel_expiry - EXPIRY_READ_LEAD_S)
+    assert rig.reconciler.next_counter_read() == pytest.approx(kernel_expiry - EXPIRY_READ_LEAD_S)
     rig.nft.count(element(1, 443), 10, 600)
     rig.clock.advance(8.0)
-    assert rig.agent.read_expiring_counters() == 0  # not yet
+    assert rig.reconciler.read_expiring_counters() == 0  # not yet
     rig.clock.advance(0.6)
-    assert rig.agent.read_expiring_counters() == 1
+    assert rig.reconciler.read_expiring_counters() == 1
     assert rig.nft.reads == [[element(1, 443)]]  # s2 is far from its end
-    assert rig.agent.take_final_counters() == [final(1, 443, 10, 600)]
-    assert rig.agent.read_expiring_counters() == 0  # once per session
-    assert rig.agent.next_counter_read() == pytest.approx(1000.0 + 600 - EXPIRY_READ_LEAD_S)
+    assert rig.reconciler.take_final_counters() == [final(1, 443, 10, 600)]
+    assert rig.reconciler.read_expiring_counters() == 0  # once per session
+    assert rig.reconciler.next_counter_read() == pytest.approx(1000.0 + 600 - EXPIRY_READ_LEAD_S)
 
     rig.nft.count(element(1, 443), 28, 1680)  # traffic in the last seconds
     rig.clock.advance(1.0)  # under one second left: the expiry timer ends s1
-    result = rig.agent.reapply()
+    result = rig.reconciler.reapply()
     assert result is not None and result.elements_deleted == 1
-    assert rig.agent.take_final_counters() == [final(1, 443, 38, 2280)]
+    assert rig.reconciler.take_final_counters() == [final(1, 443, 38, 2280)]
 
 
 def test_when_the_kernel_expires_first_the_earlier_read_stands() -> None:
     rig = Rig()
-    rig.agent.apply(make_state(1, make_session(1, 443, expires_in=5)))
+    rig.reconciler.apply(make_state(1, make_session(1, 443, expires_in=5)))
     rig.nft.count(element(1, 443), 3, 180)
     rig.clock.advance(5 - EXPIRY_READ_LEAD_S)
-    rig.agent.read_expiring_counters()
+    rig.reconciler.read_expiring_counters()
     rig.clock.advance(2.0)  # the loop was late: the kernel already removed the element
-    result = rig.agent.reapply()
+    result = rig.reconciler.reapply()
     assert result is not None and (result.elements_deleted, result.peers_removed) == (0, 1)
     assert rig.nft.reads == [[element(1, 443)]]  # nothing asked for the gone element
-    assert rig.agent.take_final_counters() == [final(1, 443, 3, 180)]
+    assert rig.reconciler.take_final_counters() == [final(1, 443, 3, 180)]
 
 
 # ---------------------------------------------------------------- runner and reports
@@ -155,7 +155,9 @@ def file_runner(rig: Rig, tmp_path: Path) -> tuple[Runner, Path, list[AgentRepor
     path = tmp_path / "desired.json"
     sent: list[AgentReport] = []
     source = DesiredStateFile(path, sleep=lambda _: None, clock=rig.clock)
-    runner = Runner(rig.agent, source, threading.Event(), clock=rig.clock, reporter=sent.append)
+    runner = Runner(
+        rig.reconciler, source, threading.Event(), clock=rig.clock, reporter=sent.append
+    )
     return runner, path, sent
 
 
@@ -236,7 +238,7 @@ async def test_revoked_session_report_shows_the_final_counters(harness: Harness)
     await h.ok("POST", f"/v1/sessions/{sid}/approve", w.owner_a)
     rig = Rig()
     live = DesiredState.from_dict(await h.ok("GET", "/v1/agent/state?after=0&wait=0", w.agent_a))
-    rig.agent.apply(live)
+    rig.reconciler.apply(live)
     report = AgentReport(live.revision).to_dict()
     await h.ok("POST", "/v1/agent/report", w.agent_a, json=report)
     (tunnel,) = {k.tunnel_ip for k in parse_set_listing(rig.nft.list_table())}
@@ -246,8 +248,8 @@ async def test_revoked_session_report_shows_the_final_counters(harness: Harness)
     ended = DesiredState.from_dict(
         await h.ok("GET", f"/v1/agent/state?after={live.revision}&wait=0", w.agent_a)
     )
-    rig.agent.apply(ended)
-    finals = rig.agent.take_final_counters()
+    rig.reconciler.apply(ended)
+    finals = rig.reconciler.take_final_counters()
     report = AgentReport(ended.revision, elements=tuple(finals)).to_dict()
     assert (await h.call("POST", "/v1/agent/report", w.agent_a, json=report)).status_code == 204
 

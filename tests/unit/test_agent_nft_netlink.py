@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import struct
 
-from agent import nft_netlink as nl
+from agent.nftables import netlink as nl
 from netpolicy.nft import ElementKey, KernelElement
 
 RANGE = ElementKey(4, "100.64.0.2", "192.168.1.10", "udp", 8000, 8100)

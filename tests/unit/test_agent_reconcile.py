@@ -9,10 +9,10 @@ from ipaddress import IPv4Address, IPv4Network, ip_address
 
 import pytest
 
-from agent.fakes import FakeNftables, FakeWireGuard
-from agent.nft_backend import NftError
-from agent.reconcile import Agent, InterfaceSpec
+from agent.nftables.backend import NftError
+from agent.reconcile import InterfaceSpec, Reconciler
 from netpolicy import DesiredState, Grant, HomeNetwork, LiveSession, PortRange
+from tests.agent_fakes import FakeNftables, FakeWireGuard
 
 NETWORK = HomeNetwork(
     lan=IPv4Network("192.168.1.0/24"),
@@ -62,12 +62,14 @@ class Rig:
         self.clock = clock or FakeClock()
         self.nft = FakeNftables(self.clock)
         self.wg = FakeWireGuard()
-        self.agent = self.restart()
+        self.reconciler = self.restart()
 
-    def restart(self) -> Agent:
+    def restart(self) -> Reconciler:
         """A new agent process on the same (surviving) kernel state."""
-        self.agent = Agent(self.wg, self.nft, InterfaceSpec("wgtest", key(99), 51820), self.clock)
-        return self.agent
+        self.reconciler = Reconciler(
+            self.wg, self.nft, InterfaceSpec("wgtest", key(99), 51820), self.clock
+        )
+        return self.reconciler
 
     def journal(self) -> list[object]:
         return [*self.nft.transactions, *self.wg.calls]
@@ -79,7 +81,7 @@ class Rig:
 
 def test_first_apply_builds_skeleton_elements_and_peers() -> None:
     rig = Rig()
-    result = rig.agent.apply(make_state(1, make_session(1, 443, 8443), make_session(2, 80)))
+    result = rig.reconciler.apply(make_state(1, make_session(1, 443, 8443), make_session(2, 80)))
     assert (result.elements_added, result.peers_set) == (3, 2)
     assert rig.wg.interface == {
         "port": 51820,
@@ -100,19 +102,19 @@ def test_first_apply_builds_skeleton_elements_and_peers() -> None:
 def test_second_apply_writes_nothing() -> None:
     rig = Rig()
     state = make_state(1, make_session(1), make_session(2))
-    rig.agent.apply(state)
+    rig.reconciler.apply(state)
     before = rig.journal()
     rig.clock.advance(5)
-    result = rig.agent.apply(state)
+    result = rig.reconciler.apply(state)
     assert not result.changed
     assert rig.journal() == before
 
 
 def test_adding_a_session_writes_only_its_elements_and_peer() -> None:
     rig = Rig()
-    rig.agent.apply(make_state(1, make_session(1)))
+    rig.reconciler.apply(make_state(1, make_session(1)))
     calls = len(rig.wg.calls)
-    rig.agent.apply(make_state(2, make_session(1), make_session(2, 22, 80)))
+    rig.reconciler.apply(make_state(2, make_session(1), make_session(2, 22, 80)))
     (last,) = rig.nft.transactions[-1:]
     assert [next(iter(c)) for c in last] == ["add"]
     elems = last[0]["add"]["element"]["elem"]
@@ -123,7 +125,7 @@ def test_adding_a_session_writes_only_its_elements_and_peer() -> None:
 
 def test_revoke_deletes_elements_before_the_peer() -> None:
     rig = Rig()
-    rig.agent.apply(make_state(1, make_session(1), make_session(2)))
+    rig.reconciler.apply(make_state(1, make_session(1), make_session(2)))
     transactions = len(rig.nft.transactions)
     order: list[str] = []
     remove_peer = rig.wg.remove_peer
@@ -133,7 +135,7 @@ def test_revoke_deletes_elements_before_the_peer() -> None:
         remove_peer(public_key)
 
     rig.wg.remove_peer = recording_remove  # type: ignore[method-assign]
-    result = rig.agent.apply(make_state(2, make_session(1)))
+    result = rig.reconciler.apply(make_state(2, make_session(1)))
     assert (result.elements_deleted, result.peers_removed) == (1, 1)
     assert order == ["remove after 1 transaction(s)"]
     assert "100.64.0.3" not in rig.nft.state_text()
@@ -142,7 +144,7 @@ def test_revoke_deletes_elements_before_the_peer() -> None:
 
 def test_elements_go_in_before_peers() -> None:
     rig = Rig()
-    rig.agent.apply(make_state(1, make_session(1)))
+    rig.reconciler.apply(make_state(1, make_session(1)))
     seen: list[str] = []
     set_peer = rig.wg.set_peer
 
@@ -153,25 +155,25 @@ def test_elements_go_in_before_peers() -> None:
         set_peer(public_key, preshared_key, allowed_ips)
 
     rig.wg.set_peer = recording_set  # type: ignore[method-assign]
-    rig.agent.apply(make_state(2, make_session(1), make_session(2)))
+    rig.reconciler.apply(make_state(2, make_session(1), make_session(2)))
     assert "100.64.0.3" in seen[0]
 
 
 def test_same_revision_keeps_the_deadline() -> None:
     rig = Rig()
-    rig.agent.apply(make_state(1, make_session(1, expires_in=600)))
+    rig.reconciler.apply(make_state(1, make_session(1, expires_in=600)))
     rig.clock.advance(100)
-    rig.agent.apply(make_state(1, make_session(1, expires_in=600)))  # the same file re-read
-    assert rig.agent.remaining() == {"s1": 500.0}
+    rig.reconciler.apply(make_state(1, make_session(1, expires_in=600)))  # the same file re-read
+    assert rig.reconciler.remaining() == {"s1": 500.0}
     assert len(rig.nft.transactions) == 1
 
 
 def test_new_revision_takes_the_brokers_lifetime() -> None:
     rig = Rig()
-    rig.agent.apply(make_state(1, make_session(1, expires_in=600)))
+    rig.reconciler.apply(make_state(1, make_session(1, expires_in=600)))
     rig.clock.advance(100)
-    rig.agent.apply(make_state(2, make_session(1, expires_in=300)))
-    assert rig.agent.remaining() == {"s1": 300.0}
+    rig.reconciler.apply(make_state(2, make_session(1, expires_in=300)))
+    assert rig.reconciler.remaining() == {"s1": 300.0}
     assert "timeout 300" in rig.nft.state_text()
 
 
@@ -179,17 +181,17 @@ def test_new_session_deadline_anchors_on_arrival_not_on_a_late_retry() -> None:
     rig = Rig()
     arrived = rig.clock()
     rig.clock.advance(30)  # e.g. the first attempt failed and this is the retry
-    rig.agent.apply(make_state(1, make_session(1, expires_in=600)), received_at=arrived)
-    assert rig.agent.remaining() == {"s1": 570.0}
+    rig.reconciler.apply(make_state(1, make_session(1, expires_in=600)), received_at=arrived)
+    assert rig.reconciler.remaining() == {"s1": 570.0}
 
 
 def test_restart_never_extends_a_lifetime() -> None:
     rig = Rig()
     state = make_state(1, make_session(1, expires_in=600))
-    rig.agent.apply(state)
+    rig.reconciler.apply(state)
     rig.clock.advance(300)
     rig.restart().apply(state)  # the stale document still says 600 s
-    assert rig.agent.remaining() == {"s1": 300.0}
+    assert rig.reconciler.remaining() == {"s1": 300.0}
     # Only the skeleton is re-asserted; no element is written again.
     assert len(rig.nft.transactions) == 2
     assert not any("element" in body for c in rig.nft.transactions[-1] for body in c.values())
@@ -197,39 +199,39 @@ def test_restart_never_extends_a_lifetime() -> None:
 
 def test_restart_takes_the_shorter_document_lifetime() -> None:
     rig = Rig()
-    rig.agent.apply(make_state(1, make_session(1, expires_in=600)))
+    rig.reconciler.apply(make_state(1, make_session(1, expires_in=600)))
     rig.clock.advance(100)
     rig.restart().apply(make_state(2, make_session(1, expires_in=200)))
-    assert rig.agent.remaining() == {"s1": 200.0}
+    assert rig.reconciler.remaining() == {"s1": 200.0}
     assert "timeout 200" in rig.nft.state_text()
 
 
 def test_restart_after_kernel_expiry_does_not_revive_the_session() -> None:
     rig = Rig()
     state = make_state(1, make_session(1, expires_in=60))
-    rig.agent.apply(state)
+    rig.reconciler.apply(state)
     rig.clock.advance(61)  # the agent was down: the kernel dropped the elements itself
     result = rig.restart().apply(state)
     assert result.peers_removed == 1
-    assert rig.agent.remaining() == {"s1": 0.0}
+    assert rig.reconciler.remaining() == {"s1": 0.0}
     assert rig.text() == ""
 
 
 def test_timer_removes_the_peer_when_the_deadline_passes() -> None:
     rig = Rig()
-    rig.agent.apply(make_state(1, make_session(1, expires_in=10.5), make_session(2)))
-    assert rig.agent.next_expiry() == pytest.approx(rig.clock() + 9.5)
+    rig.reconciler.apply(make_state(1, make_session(1, expires_in=10.5), make_session(2)))
+    assert rig.reconciler.next_expiry() == pytest.approx(rig.clock() + 9.5)
     rig.clock.advance(9.6)
-    result = rig.agent.reapply()
+    result = rig.reconciler.reapply()
     assert result is not None and result.peers_removed == 1
     assert list(rig.wg.peers) == [key(2)]
     assert "100.64.0.2" not in rig.nft.state_text()  # the leftover element is cleaned too
-    assert rig.agent.next_expiry() == pytest.approx(1000.0 + 599.0)
+    assert rig.reconciler.next_expiry() == pytest.approx(1000.0 + 599.0)
 
 
 def test_startup_removes_stale_peers_and_elements() -> None:
     rig = Rig()
-    rig.agent.apply(make_state(1, make_session(1), make_session(2)))
+    rig.reconciler.apply(make_state(1, make_session(1), make_session(2)))
     rig.wg.set_peer(key(50), None, ["100.64.0.60/32"])  # an orphan nobody asked for
     rig.restart().apply(make_state(2, make_session(2)))
     assert sorted(rig.wg.peers) == [key(2)]
@@ -238,15 +240,15 @@ def test_startup_removes_stale_peers_and_elements() -> None:
 
 def test_nft_race_is_retried_once_on_a_fresh_listing() -> None:
     rig = Rig()
-    rig.agent.apply(make_state(1, make_session(1)))
+    rig.reconciler.apply(make_state(1, make_session(1)))
     rig.nft.fail_next = "Error: Could not process rule: No such file or directory"
-    rig.agent.apply(make_state(2, make_session(1), make_session(2)))
+    rig.reconciler.apply(make_state(2, make_session(1), make_session(2)))
     assert sorted(rig.wg.peers) == [key(1), key(2)]
 
 
 def test_failed_transaction_leaves_peers_and_lifetimes_alone() -> None:
     rig = Rig()
-    rig.agent.apply(make_state(1, make_session(1)))
+    rig.reconciler.apply(make_state(1, make_session(1)))
     before = rig.text()
 
     def always_fail(commands: list[dict[str, object]]) -> None:
@@ -254,15 +256,15 @@ def test_failed_transaction_leaves_peers_and_lifetimes_alone() -> None:
 
     rig.nft.run = always_fail  # type: ignore[method-assign]
     with pytest.raises(NftError, match="syntax error"):
-        rig.agent.apply(make_state(2, make_session(2)))
+        rig.reconciler.apply(make_state(2, make_session(2)))
     assert rig.text() == before
-    assert rig.agent.desired is not None and rig.agent.desired.revision == 1
+    assert rig.reconciler.desired is not None and rig.reconciler.desired.revision == 1
 
 
 def test_report_counts_per_element_and_peer() -> None:
     rig = Rig()
-    rig.agent.apply(make_state(3, make_session(1, 443, 8000)))
-    report = rig.agent.report().status
+    rig.reconciler.apply(make_state(3, make_session(1, 443, 8000)))
+    report = rig.reconciler.report().status
     assert report["revision"] == 3
     assert report["sessions"] == {"s1": {"remaining": 600.0, "peer": True}}
     assert [(e["session_id"], e["ports"], e["packets"]) for e in report["elements"]] == [
@@ -287,13 +289,13 @@ def test_any_order_of_states_converges_to_the_last(order: tuple[str, ...]) -> No
     golden = {}
     for name, state in STATES.items():
         fresh = Rig()
-        fresh.agent.apply(state)
+        fresh.reconciler.apply(state)
         golden[name] = fresh.text()
     rig = Rig()
     for name in order:
-        rig.agent.apply(STATES[name])
+        rig.reconciler.apply(STATES[name])
         assert rig.text() == golden[name]
-        rig.agent.apply(STATES[name])  # and nothing moves on a second pass
+        rig.reconciler.apply(STATES[name])  # and nothing moves on a second pass
         assert rig.text() == golden[name]
 
 
@@ -307,27 +309,29 @@ def test_applies_trust_the_model_and_list_the_kernel_only_when_asked() -> None:
         return list_table()
 
     rig.nft.list_table = counting_list  # type: ignore[method-assign]
-    rig.agent.apply(make_state(1, make_session(1)))
+    rig.reconciler.apply(make_state(1, make_session(1)))
     for revision in range(2, 6):
         rig.clock.advance(1)
-        rig.agent.apply(make_state(revision, *(make_session(n) for n in range(1, revision))))
+        rig.reconciler.apply(make_state(revision, *(make_session(n) for n in range(1, revision))))
     assert len(listings) == 1  # at start only
     # Someone deletes an element behind the agent's back: the resync puts it back.
     rig.nft.run([{"delete": {"element": {"family": "inet", "table": "ztb", "name": "grants4",
                  "elem": [{"concat": ["100.64.0.2", "192.168.1.10", "tcp", 443]}]}}}])  # fmt: skip
-    result = rig.agent.apply(make_state(5, *(make_session(n) for n in range(1, 5))), relist=True)
+    result = rig.reconciler.apply(
+        make_state(5, *(make_session(n) for n in range(1, 5))), relist=True
+    )
     assert len(listings) == 2 and result.elements_added == 1
     assert "100.64.0.2" in rig.nft.state_text()
 
 
 def test_the_model_forgets_elements_the_kernel_expired() -> None:
     rig = Rig()
-    rig.agent.apply(make_state(1, make_session(1, expires_in=10), make_session(2)))
+    rig.reconciler.apply(make_state(1, make_session(1, expires_in=10), make_session(2)))
     rig.clock.advance(20)  # the kernel dropped s1's element; the agent slept through it
     # A new revision without s1: nothing to delete (the kernel has nothing), no error.
-    result = rig.agent.apply(make_state(2, make_session(2, expires_in=580)))
+    result = rig.reconciler.apply(make_state(2, make_session(2, expires_in=580)))
     assert (result.elements_deleted, result.peers_removed) == (0, 1)
-    assert rig.agent.status()["elements"] == [
+    assert rig.reconciler.status()["elements"] == [
         {
             "session_id": "s2",
             "tunnel_ip": "100.64.0.3",

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from agent.desired_file import DesiredStateFile
-from agent.nft_backend import NftError
+from agent.nftables.backend import NftError
 from agent.runner import Runner
 from netpolicy import PolicyError
 from tests.unit.test_agent_reconcile import Rig, make_session, make_state
@@ -45,7 +45,7 @@ def test_file_source_reports_each_document_once(tmp_path: Path) -> None:
 
 def _runner(rig: Rig, path: Path, status: Path) -> Runner:
     source = DesiredStateFile(path, sleep=lambda _: None, clock=rig.clock)
-    return Runner(rig.agent, source, threading.Event(), status, clock=rig.clock)
+    return Runner(rig.reconciler, source, threading.Event(), status, clock=rig.clock)
 
 
 def test_bad_document_keeps_the_last_good_state(

@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
-from agent import wg_uapi
-from agent.wg_backend import WireGuardError, key_from_hex, key_to_hex
-from agent.wg_kernel import KernelWireGuard, parse_device
+from agent.wireguard import uapi as wg_uapi
+from agent.wireguard.backend import WireGuardError, key_from_hex, key_to_hex
+from agent.wireguard.kernel import KernelWireGuard, parse_device
 
 PUB = base64.b64encode(bytes(range(32))).decode()
 PSK = base64.b64encode(bytes([7]) * 32).decode()

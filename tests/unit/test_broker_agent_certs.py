@@ -16,7 +16,7 @@ from cryptography import x509
 from sqlalchemy import select
 from typer.testing import CliRunner
 
-from agent.enroll import new_tls_key_and_csr
+from agent.broker_link.enroll import new_tls_key_and_csr
 from broker import pki
 from broker.cli.server import _tls_names
 from broker.cli.server import app as server_app

@@ -28,8 +28,8 @@ import pytest
 import uvicorn
 from cryptography.hazmat.primitives import serialization
 
-from agent.broker_client import pinned_ssl_context
-from agent.enroll import new_tls_key_and_csr
+from agent.broker_link.cert_client import pinned_ssl_context
+from agent.broker_link.enroll import new_tls_key_and_csr
 from broker.app import create_app
 from broker.bootstrap import bootstrap
 from broker.config import Settings

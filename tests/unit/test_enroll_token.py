@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.enroll import EnrollmentError, enroll
+from agent.broker_link.enroll import EnrollmentError, enroll
 from broker import enroll_token
 from broker.enroll_token import EnrollTokenError
 from netpolicy.enroll_format import parse_enroll_token

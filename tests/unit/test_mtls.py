@@ -24,9 +24,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from fastapi import FastAPI, HTTPException, Request, Response
 
-from agent.broker_client import BrokerError, PinMismatch, pinned_ssl_context
-from agent.enroll import enroll, new_tls_key_and_csr, renew_if_due
-from agent.http_lite import CertificateRejected, DaemonClient
+from agent.broker_link.cert_client import BrokerLinkError, PinMismatch, pinned_ssl_context
+from agent.broker_link.enroll import enroll, new_tls_key_and_csr, renew_if_due
+from agent.broker_link.http_lite import BrokerLink, CertificateRejected
 from agent.state_dir import StateDir
 from broker import enroll_token, pki
 from broker.tls_server import https_config, peer_agent, peer_certificate
@@ -226,8 +226,8 @@ def test_enrollment_refuses_a_broker_whose_ca_is_not_pinned(
 def test_pinned_client_refuses_a_server_from_another_ca(running: Running) -> None:
     other = pki.create_ca(datetime.now(UTC))
     with (
-        DaemonClient.over_https(running.url, pinned_ssl_context(other.certificate_pem)) as client,
-        pytest.raises(BrokerError, match=r"cannot reach.*CERTIFICATE_VERIFY_FAILED"),
+        BrokerLink.over_https(running.url, pinned_ssl_context(other.certificate_pem)) as client,
+        pytest.raises(BrokerLinkError, match=r"cannot reach.*CERTIFICATE_VERIFY_FAILED"),
     ):
         client.fetch_state(after=0, wait=0)
 
@@ -246,7 +246,7 @@ def test_enroll_fetch_report_renew_over_real_tls(running: Running, tmp_path: Pat
     first = state.read_validity()
 
     # The daemon's stdlib client: the long-poll and reports share one keep-alive connection.
-    with DaemonClient.from_state_dir(state) as client:
+    with BrokerLink.from_state_dir(state) as client:
         assert client.fetch_state(after=0, wait=0) == DESIRED
         assert client.fetch_state(after=DESIRED.revision, wait=0) is None
         client.report(AgentReport(DESIRED.revision))
@@ -254,7 +254,7 @@ def test_enroll_fetch_report_renew_over_real_tls(running: Running, tmp_path: Pat
     assert running.broker.reports[-1]["revision"] == DESIRED.revision
 
     # The token was one-time.
-    with pytest.raises(BrokerError, match="already used"):
+    with pytest.raises(BrokerLinkError, match="already used"):
         enroll(running.url, token, tmp_path / "again", "ztb0", 51820, "203.0.113.10:51820")
 
     not_due = renew_if_due(state_dir, datetime.now(UTC))
@@ -263,7 +263,7 @@ def test_enroll_fetch_report_renew_over_real_tls(running: Running, tmp_path: Pat
     assert result.renewed and result.failures == 0, result.error
     second = state.read_validity()
     assert second.serial != first.serial
-    with DaemonClient.from_state_dir(state) as client:
+    with BrokerLink.from_state_dir(state) as client:
         assert client.fetch_state(after=0, wait=0) == DESIRED
 
         # Revocation is the caller's check on every request: the broker forgets the serial.

@@ -4,7 +4,7 @@ It depends on httpx alone, so the technician's bare ``pip install ztb`` can run 
 never imports the broker. Every failure surfaces as :class:`ClientError` with one readable
 line: the broker's ``detail`` for 4xx/5xx answers (:class:`StatusError`), or what went
 wrong on the way (unreachable, TLS, not JSON). The home agent talks to the broker through
-its own client (``agent.broker_client``: mTLS against a pinned CA), not this one.
+its own client (``agent.broker_link.cert_client``: mTLS against a pinned CA), not this one.
 """
 
 from __future__ import annotations

@@ -10,11 +10,11 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from .wg_backend import WireGuardBackend, WireGuardChoice
-from .wg_kernel import KernelWireGuard
-from .wg_link import link_kind, validate_ifname
-from .wg_uapi import socket_path
-from .wg_userspace import UserspaceWireGuard
+from .backend import WireGuardBackend, WireGuardChoice
+from .kernel import KernelWireGuard
+from .link import link_kind, validate_ifname
+from .uapi import socket_path
+from .userspace import UserspaceWireGuard
 
 _MODULE = Path("/sys/module/wireguard")
 

@@ -11,7 +11,7 @@ ends sessions on time), adds nothing new, and reconnects with jittered backoff, 
 line per failure. Certificate refused (401/403) or expired: one loud line and no more
 fetching; the kernel keeps enforcing and every grant still expires on its own.
 
-Certificate renewal runs in a short-lived child (``python -m agent.renew_once``) so
+Certificate renewal runs in a short-lived child (``python -m agent.broker_link.renew_once``) so
 ``cryptography`` never loads in the daemon.
 """
 
@@ -30,18 +30,18 @@ from pathlib import Path
 
 from netpolicy import AgentReport, PolicyError
 
-from .desired_file import Delivery
-from .events import log_event
-from .http_lite import BrokerError, CertificateRejected, DaemonClient
-from .reconcile import bounded_report
-from .state_dir import StateDir, StateError
+from ..desired_file import Delivery
+from ..events import log_event
+from ..state_dir import StateDir, StateError
+from ..status import bounded_report
+from .http_lite import BrokerLink, BrokerLinkError, CertificateRejected
 
 WAIT_S = 25
 BACKOFF_BASE_S = 1.0
 BACKOFF_CAP_S = 60.0
 _RENEW_TIMEOUT_S = 120
 _RENEW_RETRY = timedelta(seconds=30)
-_NETWORK_ERRORS = (BrokerError, OSError, StateError)
+_NETWORK_ERRORS = (BrokerLinkError, OSError, StateError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,8 +72,8 @@ def backoff_delay(
 
 
 def renew_in_child(state_dir: Path, failures: int) -> RenewalOutcome:
-    """Run ``agent.renew_once`` in a child process and read its one JSON line."""
-    argv = [sys.executable, "-m", "agent.renew_once", "--state-dir", str(state_dir)]
+    """Run ``agent.broker_link.renew_once`` in a child process and read its one JSON line."""
+    argv = [sys.executable, "-m", "agent.broker_link.renew_once", "--state-dir", str(state_dir)]
     argv += ["--failures", str(failures)]
     stderr = ""
     try:
@@ -125,7 +125,7 @@ class BrokerSource:
         self,
         state: StateDir,
         stop: threading.Event,
-        connect: Callable[[], DaemonClient] | None = None,
+        connect: Callable[[], BrokerLink] | None = None,
         renew: Renewer = renew_in_child,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], datetime] = _utcnow,
@@ -134,7 +134,7 @@ class BrokerSource:
     ) -> None:
         self.state = state
         self.stop = stop
-        self._connect = connect or (lambda: DaemonClient.from_state_dir(state))
+        self._connect = connect or (lambda: BrokerLink.from_state_dir(state))
         self._renew = renew
         self._clock = clock
         self._wall = wall
@@ -142,7 +142,7 @@ class BrokerSource:
         self._wait_s = wait_s
         self.after = -1  # the revision of the newest document received
         self.rejected = False
-        self._client: DaemonClient | None = None
+        self._client: BrokerLink | None = None
         self._failures = 0
         self._renew_failures = 0
         self._next_renewal: datetime | None = None
@@ -244,7 +244,7 @@ class BrokerSource:
                 return
             self.stop.wait(delay)
 
-    def _client_now(self) -> DaemonClient:
+    def _client_now(self) -> BrokerLink:
         client = self._client
         if client is None:
             client = self._client = self._connect()

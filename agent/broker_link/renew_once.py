@@ -1,4 +1,4 @@
-"""``python -m agent.renew_once --state-dir DIR``: renew the client certificate if due.
+"""``python -m agent.broker_link.renew_once --state-dir DIR``: renew the client certificate if due.
 
 Run by the agent daemon as a short-lived child, so ``cryptography`` (and its ~12 MB of
 RSS) loads only here. Prints one JSON object (``renewed``, ``next_attempt``,
@@ -12,12 +12,12 @@ import json
 import logging
 from datetime import UTC, datetime
 
-from agent.enroll import renew_if_due, renewal_log_level
+from agent.broker_link.enroll import renew_if_due, renewal_log_level
 from agent.state_dir import StateDir
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m agent.renew_once")
+    parser = argparse.ArgumentParser(prog="python -m agent.broker_link.renew_once")
     parser.add_argument("--state-dir", required=True)
     parser.add_argument("--failures", type=int, default=0, help="failed attempts so far")
     args = parser.parse_args(argv)

@@ -15,9 +15,9 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from . import wg_uapi
-from .wg_backend import PeerState, WireGuardError, key_to_hex
-from .wg_link import bring_up, delete_link, link_kind, validate_ifname
+from . import uapi
+from .backend import PeerState, WireGuardError, key_to_hex
+from .link import bring_up, delete_link, link_kind, validate_ifname
 
 _START_TIMEOUT_S = 10.0
 _STOP_TIMEOUT_S = 5.0
@@ -83,7 +83,7 @@ class UserspaceWireGuard:
     def __init__(self, name: str, binary: str = "wireguard-go") -> None:
         self.name = validate_ifname(name)
         self._binary = binary
-        self._socket = wg_uapi.socket_path(name)
+        self._socket = uapi.socket_path(name)
 
     def _running(self) -> bool:
         return link_kind(self.name) is not None and _socket_alive(self._socket)
@@ -123,30 +123,30 @@ class UserspaceWireGuard:
     ) -> None:
         if not self._running():
             self._start()
-        have = wg_uapi.device_settings(wg_uapi.get(self._socket))
+        have = uapi.device_settings(uapi.get(self._socket))
         lines = []
         if have.get("private_key") != key_to_hex(private_key):
             lines.append(f"private_key={key_to_hex(private_key)}")
         if have.get("listen_port") != str(listen_port):
             lines.append(f"listen_port={listen_port}")
         if lines:
-            wg_uapi.set_lines(self._socket, lines, "interface settings")
+            uapi.set_lines(self._socket, lines, "interface settings")
         bring_up(self.name, addresses, routes)
 
     def list_peers(self) -> list[PeerState]:
         if not self._socket.exists():
             return []
-        return wg_uapi.parse_peers(wg_uapi.get(self._socket))
+        return uapi.parse_peers(uapi.get(self._socket))
 
     def set_peer(
         self, public_key: str, preshared_key: str | None, allowed_ips: Sequence[str]
     ) -> None:
-        lines = wg_uapi.peer_lines(public_key, preshared_key, allowed_ips)
-        wg_uapi.set_lines(self._socket, lines, f"set peer {public_key}")
+        lines = uapi.peer_lines(public_key, preshared_key, allowed_ips)
+        uapi.set_lines(self._socket, lines, f"set peer {public_key}")
 
     def remove_peer(self, public_key: str) -> None:
-        lines = wg_uapi.remove_peer_lines(public_key)
-        wg_uapi.set_lines(self._socket, lines, f"remove peer {public_key}")
+        lines = uapi.remove_peer_lines(public_key)
+        uapi.set_lines(self._socket, lines, f"remove peer {public_key}")
 
     def delete_interface(self) -> bool:
         """Delete the link; its wireguard-go then exits (SIGTERM by PID if it lingers)."""

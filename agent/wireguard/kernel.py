@@ -12,8 +12,8 @@ import base64
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
-from .wg_backend import KEY_BYTES, PeerState, WireGuardError, canonical_ips
-from .wg_link import bring_up, delete_link, ip, link_kind, validate_ifname
+from .backend import KEY_BYTES, PeerState, WireGuardError, canonical_ips
+from .link import bring_up, delete_link, ip, link_kind, validate_ifname
 
 _ZERO_KEY = base64.b64encode(bytes(KEY_BYTES)).decode()
 

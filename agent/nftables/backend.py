@@ -6,7 +6,7 @@ Tailscale's linuxfw detector): the libnftables binding (no process per call) and
 nothing: nftables applies a whole document atomically or not at all.
 
 Both read the counters of a few elements (``read_elements``) over netlink with
-``agent.nft_netlink``, because nft 1.0.6 loads the whole set to answer ``get element``.
+``agent.nftables.netlink``, because nft 1.0.6 loads the whole set to answer ``get element``.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from netpolicy.nft import (
     script,
 )
 
-from .nft_netlink import ElementReader
+from .netlink import ElementReader
 
 NftChoice = Literal["auto", "lib", "binary"]
 Listing = dict[str, Any]

@@ -16,10 +16,9 @@ from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from agent.nftables.backend import Listing, NftError
+from agent.wireguard.backend import PeerState, canonical_ips
 from netpolicy.nft import FAMILY, TABLE, Command, ElementKey, KernelElement
-
-from .nft_backend import Listing, NftError
-from .wg_backend import PeerState, canonical_ips
 
 
 class FakeWireGuard:

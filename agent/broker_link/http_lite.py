@@ -3,7 +3,7 @@
 ``ztb agent run`` only ever asks ``GET /v1/agent/state`` and ``POST /v1/agent/report``;
 doing that with ``http.client`` over the pinned mTLS context keeps httpx and its
 dependencies (about 8 MB of RSS) out of the router daemon. Enrollment and renewal run in
-short-lived processes and use ``agent.broker_client`` (httpx).
+short-lived processes and use ``agent.broker_link.cert_client`` (httpx).
 
 The cut between client and network is ``Transport.request``: tests pass a fake, the
 daemon a ``KeepAliveTransport`` over ``http.client.HTTPSConnection``.
@@ -32,7 +32,7 @@ MAX_BODY = 16 * 1024 * 1024
 _NETWORK_ERRORS = (OSError, http.client.HTTPException)
 
 
-class BrokerError(RuntimeError):
+class BrokerLinkError(RuntimeError):
     """The broker answered with an error or could not be reached; message is user-facing."""
 
     def __init__(self, message: str, status: int | None = None) -> None:
@@ -40,7 +40,7 @@ class BrokerError(RuntimeError):
         self.status = status
 
 
-class CertificateRejected(BrokerError):
+class CertificateRejected(BrokerLinkError):
     """The broker refused the agent's certificate (401/403): renew, or enroll again."""
 
 
@@ -128,11 +128,13 @@ class KeepAliveTransport:
         if not keep:
             connection.close()
         if len(data) > self._max_body:
-            raise BrokerError(f"broker's answer to {method} {path} exceeds {self._max_body} bytes")
+            raise BrokerLinkError(
+                f"broker's answer to {method} {path} exceeds {self._max_body} bytes"
+            )
         return Reply(response.status, response.reason, data)
 
 
-class DaemonClient:
+class BrokerLink:
     """The broker as the run loop sees it: the desired-state long-poll and reports."""
 
     def __init__(self, transport: Transport, prefix: str = "", timeout_s: float = 10.0) -> None:
@@ -141,7 +143,7 @@ class DaemonClient:
         self._timeout_s = timeout_s
 
     @classmethod
-    def over_https(cls, broker_url: str, context: ssl.SSLContext) -> DaemonClient:
+    def over_https(cls, broker_url: str, context: ssl.SSLContext) -> BrokerLink:
         url = urlsplit(broker_url)
         host, port = url.hostname or "", url.port
 
@@ -151,13 +153,13 @@ class DaemonClient:
         return cls(KeepAliveTransport(connect), url.path)
 
     @classmethod
-    def from_state_dir(cls, state: StateDir) -> DaemonClient:
+    def from_state_dir(cls, state: StateDir) -> BrokerLink:
         """mTLS client of an enrolled agent (reads the files again: call after a renewal)."""
         config = state.read_config()
         context = pinned_ssl_context(state.read_ca_pem(), state.check_client_pem())
         return cls.over_https(config.broker_url, context)
 
-    def __enter__(self) -> DaemonClient:
+    def __enter__(self) -> BrokerLink:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -197,13 +199,13 @@ class DaemonClient:
             reply = self._transport.request(method, self._prefix + path, body, timeout)
         except _NETWORK_ERRORS as exc:
             why = str(exc) or type(exc).__name__
-            raise BrokerError(f"cannot reach the broker for {endpoint}: {why}") from exc
+            raise BrokerLinkError(f"cannot reach the broker for {endpoint}: {why}") from exc
         if 200 <= reply.status < 300:
             return reply
         message = f"broker refused {endpoint} ({reply.status}): {_detail(reply)}"
         if reply.status in (401, 403):
             raise CertificateRejected(message, reply.status)
-        raise BrokerError(message, reply.status)
+        raise BrokerLinkError(message, reply.status)
 
 
 def _detail(reply: Reply) -> str:
@@ -220,7 +222,7 @@ def _json_object(reply: Reply, path: str) -> dict[str, Any]:
     try:
         data = json.loads(reply.body)
     except ValueError:
-        raise BrokerError(f"broker sent non-JSON for {path}") from None
+        raise BrokerLinkError(f"broker sent non-JSON for {path}") from None
     if not isinstance(data, dict):
-        raise BrokerError(f"broker sent a non-object for {path}")
+        raise BrokerLinkError(f"broker sent a non-object for {path}")
     return data

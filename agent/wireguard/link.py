@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from ipaddress import ip_interface, ip_network
 from typing import Any
 
-from .wg_backend import WireGuardError
+from .backend import WireGuardError
 
 _IFNAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,14}$")
 _TIMEOUT_S = 15

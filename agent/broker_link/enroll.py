@@ -23,7 +23,12 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from agent.broker_client import BrokerClient, BrokerError, fetch_pinned_ca, pinned_ssl_context
+from agent.broker_link.cert_client import (
+    BrokerLinkError,
+    CertificateClient,
+    fetch_pinned_ca,
+    pinned_ssl_context,
+)
 from agent.state_dir import AgentConfig, CertificateValidity, StateDir, StateError
 from netpolicy import PolicyError
 from netpolicy.enroll_format import parse_enroll_token
@@ -75,7 +80,7 @@ def enroll(
     ca_pem = fetch_pinned_ca(broker_url, fingerprint, transport)
     wg_private_key, wg_public_key = key_pair()
     key, csr_pem = new_tls_key_and_csr("ztb-agent")
-    with BrokerClient(broker_url, pinned_ssl_context(ca_pem), transport) as client:
+    with CertificateClient(broker_url, pinned_ssl_context(ca_pem), transport) as client:
         answer = client.enroll(
             {
                 "token": token.strip(),
@@ -88,7 +93,7 @@ def enroll(
         )
     certificate_pem, home_id = answer.get("certificate_pem"), answer.get("home_id")
     if not isinstance(certificate_pem, str) or not isinstance(home_id, str):
-        raise BrokerError("broker's enroll answer lacks certificate_pem or home_id")
+        raise BrokerLinkError("broker's enroll answer lacks certificate_pem or home_id")
     if not _same_certificate(answer.get("ca_pem"), ca_pem):
         raise EnrollmentError("broker returned a CA other than the pinned one; not enrolling")
     agent_id, validity = _check_certificate(certificate_pem, key, ca_pem, home_id)
@@ -130,7 +135,7 @@ def renew_if_due(
         return RenewalResult(renewed=False, next_attempt=validity.renew_at, failures=0)
     try:
         renewed = renew(state, transport)
-    except (BrokerError, EnrollmentError, StateError, OSError) as exc:
+    except (BrokerLinkError, EnrollmentError, StateError, OSError) as exc:
         failures += 1
         next_attempt = next_renewal_attempt(validity, now, failures)
         hint = " — enroll again with a new token" if now >= validity.not_after else ""
@@ -152,7 +157,7 @@ def renew(state: StateDir, transport: httpx.BaseTransport | None = None) -> Cert
     """Unconditionally renew: new key, CSR over mTLS, checked, then one atomic swap."""
     config = state.read_config()
     key, csr_pem = new_tls_key_and_csr(config.agent_id)
-    with BrokerClient.from_state_dir(state, transport) as client:
+    with CertificateClient.from_state_dir(state, transport) as client:
         certificate_pem = client.renew(csr_pem)
     agent_id, validity = _check_certificate(
         certificate_pem, key, state.read_ca_pem(), config.home_id

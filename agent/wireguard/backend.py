@@ -1,7 +1,7 @@
 """The WireGuard interface the agent needs, whatever implements it.
 
 Kernel WireGuard (netlink) and wireguard-go (UAPI socket) differ only in how they are
-reached, so reconcile talks to this small protocol; ``wg_select`` picks one at run time.
+reached, so reconcile talks to this small protocol; ``select`` picks one at run time.
 A backend is bound to one interface, the only one the agent owns.
 """
 

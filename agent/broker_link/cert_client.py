@@ -1,8 +1,8 @@
 """HTTPS for enrollment and renewal: the pinned broker CA only, the agent certificate.
 
-Used by ``ztb agent enroll`` and the ``agent.renew_once`` child, short-lived processes
+Used by ``ztb agent enroll`` and the ``agent.broker_link.renew_once`` child, short-lived processes
 where httpx's weight does not matter; the daemon's long-poll and reports go through
-``agent.http_lite`` (standard library). Tests pass an ``httpx`` transport
+``agent.broker_link.http_lite`` (standard library). Tests pass an ``httpx`` transport
 (``MockTransport`` or ``ASGITransport`` with the real broker app), the lab uses real TLS.
 """
 
@@ -17,12 +17,12 @@ from typing import Any
 
 import httpx
 
-from agent.http_lite import BrokerError, CertificateRejected, pinned_ssl_context
+from agent.broker_link.http_lite import BrokerLinkError, CertificateRejected, pinned_ssl_context
 from agent.state_dir import StateDir
 
 __all__ = [
-    "BrokerClient",
-    "BrokerError",
+    "BrokerLinkError",
+    "CertificateClient",
     "CertificateRejected",
     "PinMismatch",
     "fetch_pinned_ca",
@@ -30,7 +30,7 @@ __all__ = [
 ]
 
 
-class PinMismatch(BrokerError):
+class PinMismatch(BrokerLinkError):
     """The broker showed a CA other than the one the enrollment token pins."""
 
 
@@ -52,11 +52,11 @@ def fetch_pinned_ca(
         ca_pem = _json(_send(http, "GET", "/v1/agent/ca")).get("ca_pem")
     text = str(ca_pem).strip()
     if text.count("-----BEGIN") != 1:
-        raise BrokerError("broker's /v1/agent/ca answer must hold exactly one PEM certificate")
+        raise BrokerLinkError("broker's /v1/agent/ca answer must hold exactly one PEM certificate")
     try:
         der = ssl.PEM_cert_to_DER_cert(text)
     except ValueError:
-        raise BrokerError("broker's /v1/agent/ca answer holds no PEM certificate") from None
+        raise BrokerLinkError("broker's /v1/agent/ca answer holds no PEM certificate") from None
     presented = hashlib.sha256(der).hexdigest()
     if not hmac.compare_digest(presented, fingerprint.lower()):
         raise PinMismatch(
@@ -66,7 +66,7 @@ def fetch_pinned_ca(
     return ssl.DER_cert_to_PEM_cert(der)
 
 
-class BrokerClient:
+class CertificateClient:
     """One keep-alive HTTPS connection to the broker."""
 
     def __init__(
@@ -86,13 +86,13 @@ class BrokerClient:
     @classmethod
     def from_state_dir(
         cls, state: StateDir, transport: httpx.BaseTransport | None = None
-    ) -> BrokerClient:
+    ) -> CertificateClient:
         """mTLS client of an enrolled agent (reads the files again: call after a renewal)."""
         config = state.read_config()
         context = pinned_ssl_context(state.read_ca_pem(), state.check_client_pem())
         return cls(config.broker_url, context, transport)
 
-    def __enter__(self) -> BrokerClient:
+    def __enter__(self) -> CertificateClient:
         return self
 
     def __exit__(
@@ -115,7 +115,7 @@ class BrokerClient:
         data = _json(_send(self._http, "POST", "/v1/agent/renew", json={"csr_pem": csr_pem}))
         certificate_pem = data.get("certificate_pem")
         if not isinstance(certificate_pem, str):
-            raise BrokerError("broker's renew answer has no certificate_pem")
+            raise BrokerLinkError("broker's renew answer has no certificate_pem")
         return certificate_pem
 
 
@@ -123,14 +123,14 @@ def _send(http: httpx.Client, method: str, path: str, **kwargs: Any) -> httpx.Re
     try:
         response = http.request(method, path, **kwargs)
     except httpx.HTTPError as exc:
-        raise BrokerError(f"cannot reach the broker for {method} {path}: {exc}") from exc
+        raise BrokerLinkError(f"cannot reach the broker for {method} {path}: {exc}") from exc
     if response.is_success:
         return response
     detail = _detail(response)
     message = f"broker refused {method} {path} ({response.status_code}): {detail}"
     if response.status_code in (401, 403):
         raise CertificateRejected(message, response.status_code)
-    raise BrokerError(message, response.status_code)
+    raise BrokerLinkError(message, response.status_code)
 
 
 def _detail(response: httpx.Response) -> str:
@@ -145,7 +145,7 @@ def _json(response: httpx.Response) -> dict[str, Any]:
     try:
         data = response.json()
     except ValueError:
-        raise BrokerError(f"broker sent non-JSON for {response.request.url.path}") from None
+        raise BrokerLinkError(f"broker sent non-JSON for {response.request.url.path}") from None
     if not isinstance(data, dict):
-        raise BrokerError(f"broker sent a non-object for {response.request.url.path}")
+        raise BrokerLinkError(f"broker sent a non-object for {response.request.url.path}")
     return data

@@ -11,7 +11,7 @@ import socket
 from collections.abc import Sequence
 from pathlib import Path
 
-from .wg_backend import PeerState, WireGuardError, canonical_ips, key_from_hex, key_to_hex
+from .backend import PeerState, WireGuardError, canonical_ips, key_from_hex, key_to_hex
 
 SOCKET_DIR = Path("/var/run/wireguard")
 _TIMEOUT_S = 10.0
