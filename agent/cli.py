@@ -11,10 +11,11 @@ import argparse
 import json
 import os
 import signal
+import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import NoReturn, TypeVar, get_args
+from typing import NoReturn, TextIO, TypeVar, get_args
 
 from .desired_file import DesiredStateSource
 from .events import log_event
@@ -24,6 +25,9 @@ from .state_dir import StateDir
 from .wireguard.backend import WireGuardChoice, WireGuardError, key_to_hex
 
 PROG = "ztb agent"
+ENROLL_TOKEN_ENV = "ZTB_ENROLL_TOKEN"  # noqa: S105 -- a variable name, not a secret
+STDIN = "-"  # ``--token -``
+_TOKEN_READ_LIMIT = 4096  # a token is ~120 characters; a file or pipe may hold anything
 Number = TypeVar("Number", int, float)
 
 
@@ -147,11 +151,18 @@ def build_parser() -> _Parser:
     enroll.add_argument(
         "--broker", required=True, metavar="URL", help="broker URL, https://HOST[:PORT]"
     )
-    enroll.add_argument(
+    token = enroll.add_mutually_exclusive_group()
+    token.add_argument(
+        "--token-file",
+        type=Path,
+        metavar="FILE",
+        help="read the one-time token from 'ztb home enroll-token' from FILE",
+    )
+    token.add_argument(
         "--token",
-        required=True,
         metavar="TOKEN",
-        help="one-time token from 'ztb home enroll-token'",
+        help="the token itself (shows in 'ps': prefer --token-file or ZTB_ENROLL_TOKEN), "
+        "or - to read it from standard input",
     )
     enroll.add_argument(
         "--state-dir", type=Path, required=True, metavar="DIR", help="where to keep the identity"
@@ -290,8 +301,9 @@ def _enroll(args: argparse.Namespace) -> None:
     )
 
     state_dir: Path = args.state_dir
+    token = enrollment_token(args.token, args.token_file, os.environ, sys.stdin)
     config = enroll_agent(
-        args.broker, args.token, state_dir, args.interface, args.listen_port, args.endpoint
+        args.broker, token, state_dir, args.interface, args.listen_port, args.endpoint
     )
     validity = StateDir(state_dir).read_validity()
     result = {
@@ -311,6 +323,38 @@ def _enroll(args: argparse.Namespace) -> None:
             f"certificate valid until {result['certificate_expires_at']}; "
             f"run: ztb agent run --state-dir {state_dir}"
         )
+
+
+def enrollment_token(
+    token: str | None, token_file: Path | None, environ: Mapping[str, str], stdin: TextIO
+) -> str:
+    """The enrollment token from ``--token-file``, ``--token -`` (stdin), ``--token`` or
+    ``ZTB_ENROLL_TOKEN``, in that order of preference.
+
+    A token on the command line is visible to every user of the router through ``ps`` and
+    ``/proc/PID/cmdline`` while enrollment runs; a file, standard input or the environment
+    (``/proc/PID/environ`` is readable by the same user only) is not.
+    """
+    if token_file is not None:
+        try:
+            text = token_file.read_text()[:_TOKEN_READ_LIMIT]
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UsageError(f"--token-file {token_file}: cannot read it ({exc})") from None
+        where = f"--token-file {token_file}"
+    elif token == STDIN:
+        text, where = stdin.read(_TOKEN_READ_LIMIT), "standard input"
+    elif token is not None:
+        text, where = token, "--token"
+    elif environ.get(ENROLL_TOKEN_ENV) is not None:
+        text, where = environ[ENROLL_TOKEN_ENV], ENROLL_TOKEN_ENV
+    else:
+        raise UsageError(
+            f"give the enrollment token with --token-file FILE, {ENROLL_TOKEN_ENV}, "
+            "or --token - (standard input)"
+        )
+    if not text.strip():
+        raise UsageError(f"the enrollment token from {where} is empty")
+    return text.strip()
 
 
 def _teardown(args: argparse.Namespace) -> None:
