@@ -150,12 +150,14 @@ class AccessLog:
 
 
 async def _maintenance_loop(broker: Broker) -> None:
+    """At start (checks the audit chain since the last checkpoint, signs the tip), then
+    every ``maintenance_interval_s``."""
     while True:
-        await asyncio.sleep(broker.settings.maintenance_interval_s)
         try:
             await run_in_threadpool(run_maintenance, broker)
         except Exception:
             log.exception("maintenance pass failed")
+        await asyncio.sleep(broker.settings.maintenance_interval_s)
 
 
 def _load_ca(settings: Settings) -> pki.CertificateAuthority | None:

@@ -14,7 +14,7 @@ from typing import Any
 
 from sqlalchemy import select
 
-from . import pki
+from . import audit, pki
 from .app import create_app
 from .clock import Clock, system_clock
 from .config import Settings
@@ -61,6 +61,8 @@ def bootstrap(
     prepare(settings, clock)
     broker: Broker = create_app(settings, clock=clock).state.broker
     try:
-        return first_admin(broker, email)
+        admin = first_admin(broker, email)
+        audit.sign_tip(broker)  # the first checkpoint: the chain is covered from the start
+        return {**admin, "audit_public_key": broker.signer.public_key}
     finally:
         broker.engine.dispose()

@@ -18,6 +18,12 @@ class Settings:
     api_token_ttl_s: int = 90 * 24 * 3600
     login_token_ttl_s: int = 12 * 3600
     longpoll_max_s: float = 60.0
+    # Audit checkpoints: signed at least this often even with no new events (a heartbeat),
+    # and ``verify`` wants the newest no older than the age, with at most so many events
+    # after it: so removing the latest checkpoints cannot pass for "not signed yet".
+    audit_heartbeat_s: float = 300.0
+    audit_max_checkpoint_age_s: float = 900.0
+    audit_max_unsigned_events: int = 10_000
     webhook_attempts: int = 4
     webhook_backoff_s: float = 0.5
     # Private networks (CIDR) webhooks may reach; by default only public addresses.

@@ -33,6 +33,7 @@ from netpolicy import (
 from netpolicy.policy import HomePolicy, evaluate
 from ztb.wgkeys import key_pair
 
+from . import audit
 from .auth import Principal
 from .config import Settings
 from .context import UnitOfWork
@@ -108,6 +109,7 @@ def emit(uow: UnitOfWork, home: Home, event: str, session: AccessSession) -> Non
             "time": uow.now.isoformat(),
             "home_id": home.id,
             "session": session_view(session),
+            "audit": audit.tip_digest(uow.db),
         }
         uow.webhook(Delivery(home.id, home.webhook_url, home.webhook_secret, event, payload))
 

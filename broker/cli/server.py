@@ -147,7 +147,7 @@ def bootstrap(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Create the data directory, CA (DATA_DIR/ca.pem), keys and the first admin; print
-    the admin token."""
+    the admin token (and, on stderr, the audit public key to pin elsewhere)."""
     from broker.bootstrap import bootstrap as run_bootstrap
     from broker.pki import CA_CERT_FILE
 
@@ -158,6 +158,7 @@ def bootstrap(
         typer.echo(json.dumps({**result, "data_dir": str(data_dir), "ca_cert": ca_file}))
     else:
         typer.echo(result["token"])
+        typer.echo(_PIN_ADVICE + result["audit_public_key"], err=True)
 
 
 @app.command()
@@ -219,3 +220,21 @@ def migrate(
     result = {"before": before, "after": after, "changed": before != after}
     text = f"schema at {after}" + (f" (was {before or 'empty'})" if before != after else "")
     typer.echo(json.dumps(result) if as_json else text)
+
+
+_PIN_ADVICE = (
+    "audit public key (keep a copy off this host; check with `ztb audit verify --public-key KEY`): "
+)
+
+
+@app.command("audit-key")
+def audit_key(data_dir: DataDir) -> None:
+    """Print the public half of DATA_DIR's audit-signing key (to pin it elsewhere)."""
+    from broker.audit import Signer
+
+    settings = Settings(data_dir=data_dir)
+    if not settings.signing_key_path.exists():
+        raise typer.BadParameter(
+            f"{settings.signing_key_path} does not exist", param_hint="--data-dir"
+        )
+    typer.echo(Signer.load_or_create(settings.signing_key_path).public_key)

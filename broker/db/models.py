@@ -215,6 +215,10 @@ class AuditCheckpoint(Base):
     at: Mapped[str] = mapped_column(String(40))
     public_key: Mapped[str] = mapped_column(String(64))
     signature: Mapped[str] = mapped_column(String(128))
+    # Checkpoints are a chain of their own: 1, 2, 3, ... with no gap, each naming the
+    # digest of the one before (NULL only on those signed before migration 0004).
+    number: Mapped[int] = mapped_column(Integer, index=True, unique=True)
+    prev: Mapped[str | None] = mapped_column(String(64))
 
 
 class SealingKey(Base):

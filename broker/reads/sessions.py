@@ -10,7 +10,7 @@ from sqlalchemy import Select, select
 from sqlalchemy.orm import Session
 
 from ..access import home_for, session_for
-from ..audit import event_dict
+from ..audit import digest_covering, event_dict
 from ..auth import Principal
 from ..clock import rfc3339
 from ..counters import grant_usage
@@ -48,8 +48,10 @@ def get_session(db: Session, principal: Principal, session_id: str) -> dict[str,
 
 
 def _report(db: Session, session: AccessSession) -> dict[str, Any]:
-    events = db.scalars(
-        select(AuditEvent).where(AuditEvent.object == session.id).order_by(AuditEvent.seq)
+    events = list(
+        db.scalars(
+            select(AuditEvent).where(AuditEvent.object == session.id).order_by(AuditEvent.seq)
+        )
     )
     timeline = [
         {k: v for k, v in event_dict(e).items() if k not in ("prev_hash", "hash")} for e in events
@@ -60,6 +62,8 @@ def _report(db: Session, session: AccessSession) -> dict[str, Any]:
         "timeline": timeline,
         "grants": grant_usage(session.grants, session.counters),
         "last_handshake": rfc3339(session.last_handshake),
+        # A witness digest the homeowner can keep: ``ztb audit verify --against``.
+        "audit": digest_covering(db, events[-1]) if events else None,
     }
 
 

@@ -37,10 +37,11 @@ def active_now(request: Request, viewer: Homeowner) -> Response:
 
 @router.get("/history")
 def history(request: Request, viewer: Homeowner) -> Response:
+    cards = session_cards(request, viewer, "ended")
     context = {
         "title": "History and reports",
-        "cards": session_cards(request, viewer, "ended"),
-        "audit": audit_status(request),
+        "cards": cards,
+        "audit": audit_status(request, cards),
     }
     return page(request, "history.html", context)
 

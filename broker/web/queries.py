@@ -10,7 +10,7 @@ from typing import Any
 from fastapi import Request
 from sqlalchemy.orm import Session
 
-from broker import audit
+from broker.audit_verify import Verification, verify_shown
 from broker.auth import Principal, broker_of
 from broker.reads import people, sessions
 
@@ -107,10 +107,11 @@ def session_cards(
     return cards
 
 
-def audit_status(request: Request) -> audit.Verification:
+def audit_status(request: Request, cards: list[Json]) -> Verification:
+    """The audit events of the sessions shown, and the chain since the last checkpoint."""
     broker = broker_of(request)
     with broker.read() as db:
-        return audit.verify(db, broker.signer.public_key)
+        return verify_shown(db, broker.signer, [card["s"]["id"] for card in cards])
 
 
 DURATION_CHOICES = (300, 900, 1800, 3600, 7200, 14400, 28800)

@@ -93,6 +93,7 @@ async def test_webhooks_are_signed_and_retried(harness: Harness, receiver: str) 
         assert hmac.compare_digest(headers["X-Ztb-Signature"], expected)
         events.append(json.loads(body)["event"])
         assert json.loads(body)["session"]["id"] == sid
+        assert json.loads(body)["audit"]["seq"] >= 1  # a digest the homeowner can keep
     assert events == ["session.requested", "session.approved", "session.started", "session.ended"]
     metrics = (await h.call("GET", "/metrics")).text
     assert 'ztb_webhook_deliveries_total{outcome="delivered"} 4.0' in metrics

@@ -27,10 +27,12 @@ import pyotp
 import pytest
 import uvicorn
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from agent.broker_link.cert_client import pinned_ssl_context
 from agent.broker_link.enroll import new_tls_key_and_csr
 from broker.app import create_app
+from broker.audit import Signer
 from broker.bootstrap import bootstrap
 from broker.config import Settings
 from broker.tls_server import https_config
@@ -295,6 +297,47 @@ def test_audit_verify_fails_on_an_edited_event(people: People, live_broker: Live
         db.execute("UPDATE audit_events SET actor = 'mallory' WHERE seq = 3")
     message = people.admin.fails("audit", "verify")
     assert "audit chain broken at event 3" in message
+
+
+def test_audit_verify_against_the_pinned_key_and_saved_digests(
+    people: People, live_broker: LiveBroker, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The key ``broker audit-key`` prints (as bootstrap did) is pinned in a file; a saved
+    session report is a witness; a key of someone else's fails."""
+    capsys.readouterr()
+    assert main(["broker", "audit-key", "--data-dir", str(live_broker.data_dir)]) == 0
+    key_file = tmp_path / "audit.pub"
+    key_file.write_text(capsys.readouterr().out)
+    admin = people.admin
+    sid = str(
+        people.tech.json(
+            "session",
+            "request",
+            "--home",
+            "ann-house",
+            "--grant",
+            "tv:tcp/443",
+            "--duration",
+            "30m",
+            "--reason",
+            "x",
+        )["id"]
+    )
+    report = tmp_path / "report.json"
+    report.write_text(people.owner.ok("session", "report", sid, "--json"))
+    out = admin.ok("audit", "verify", "--public-key", str(key_file), "--against", str(report))
+    assert out.startswith("audit chain ok: ") and "1 saved digests" in out and "pinned key" in out
+    other = Signer(Ed25519PrivateKey.generate()).public_key
+    assert "not signed by the trusted key" in admin.fails("audit", "verify", "--public-key", other)
+    with sqlite3.connect(live_broker.data_dir / "broker.db") as db:
+        db.execute(
+            "UPDATE audit_events SET hash = 'ab' || substr(hash, 3) WHERE seq = "
+            "(SELECT MAX(seq) FROM audit_events)"
+        )
+    message = admin.fails(
+        "audit", "verify", "--public-key", str(key_file), "--against", str(report)
+    )
+    assert "audit chain broken" in message
 
 
 def test_json_output_of_creating_commands(people: People, tmp_path: Path) -> None:

@@ -317,8 +317,15 @@ class ZtbClient:
 
     # -- audit -----------------------------------------------------------------------------
 
-    def verify_audit(self) -> Json:
-        return self._json("GET", "/v1/audit/verify")
+    def verify_audit(
+        self, public_key: str | None = None, against: list[Json] | None = None
+    ) -> Json:
+        """Verify the chain; against ``public_key`` (pinned) and witnesses' saved digests."""
+        if public_key is None and not against:
+            return self._json("GET", "/v1/audit/verify")
+        return self._json(
+            "POST", "/v1/audit/verify", body={"public_key": public_key, "against": against or []}
+        )
 
     def export_audit(self) -> Iterator[str]:
         """The chain as JSON lines, streamed so a long history never sits in memory."""
