@@ -231,7 +231,13 @@ class Signer:
         self.verifier = key.public_key()
         self.last_signed: Signed | None = None
         if record is not None and record.exists():
-            self.last_signed = Signed(**json.loads(record.read_text()))
+            try:
+                self.last_signed = Signed(**json.loads(record.read_text()))
+            except (ValueError, TypeError) as exc:
+                raise ValueError(
+                    f"{record} is not a checkpoint record ({exc}); move it away to have the "
+                    "whole chain checked again"
+                ) from None
 
     @classmethod
     def load_or_create(cls, path: Path) -> Signer:

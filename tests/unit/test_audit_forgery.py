@@ -28,7 +28,7 @@ from broker.audit import (
 from broker.db.models import AuditCheckpoint, AuditEvent, AuditHead
 from ztb.client.commands.audit import saved_digests
 
-from .broker_harness import Harness, World, anyio_backend, bearer, harness
+from .broker_harness import BOTH_DATABASES, Harness, World, anyio_backend, bearer, harness
 
 __all__ = ["anyio_backend", "harness"]
 pytestmark = pytest.mark.anyio
@@ -265,6 +265,7 @@ async def test_an_untouched_chain_passes_with_saved_digests(
     assert result["ok"] is True and result["witnesses"] == 2
 
 
+@BOTH_DATABASES
 async def test_a_stale_newest_checkpoint_fails_verification(harness: Harness) -> None:
     """A broker that stopped signing (or whose latest checkpoints were removed) fails."""
     h = harness
