@@ -24,7 +24,7 @@ def test_help_lists_every_group(capsys: pytest.CaptureFixture[str]) -> None:
         (["session", "show", "--bogus"], 2, "No such option"),
         (["agent", "run", "--bogus"], 2, "unrecognized arguments: --bogus"),
         (["agent", "run", "--listen-port", "0"], 2, "--listen-port: 0 is not in the range"),
-        (["agent", "enroll", "--broker", "https://x"], 2, "required: --token"),
+        (["agent", "enroll", "--broker", "https://x"], 2, "required: --state-dir"),
         (["agent", "teardown", "--interface", "bad name!"], 1, "interface name"),
         (
             [
