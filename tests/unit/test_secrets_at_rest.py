@@ -58,7 +58,7 @@ async def plant_secrets(h: Harness) -> Planted:
     seed = (await h.ok("POST", "/v1/me/totp", w.owner_a))["secret"]
     sid = (await h.request(w.tech_a, "ann-house", ["tv:tcp/443"]))["id"]
     await h.ok("POST", f"/v1/sessions/{sid}/approve", w.owner_a)  # broker-made key pair
-    webhook_secret = base64.urlsafe_b64encode(os.urandom(32)).decode()
+    webhook_secret = base64.b64encode(os.urandom(32)).decode()  # decodable below
     with h.broker.unit_of_work() as uow:
         home = uow.db.get(Home, w.home_a)
         assert home is not None
