@@ -12,11 +12,14 @@ from ..access import can_see_home, home_for
 from ..auth import Principal
 from ..db.models import Agent, Device, Home
 from ..views import device_view, home_summary, home_view
+from .names import Names, names_for
 
 
-def home_with_agents(db: Session, home: Home) -> dict[str, Any]:
+def home_with_agents(db: Session, home: Home, names: Names | None = None) -> dict[str, Any]:
+    """The whole home, with its owner's email (``names`` when the caller looked many up)."""
     agents = list(db.scalars(select(Agent).where(Agent.home_id == home.id)))
-    return home_view(home, agents)
+    emails = (names or names_for(db, user_ids=[home.owner_id])).emails
+    return {**home_view(home, agents), "owner_email": emails.get(home.owner_id)}
 
 
 def list_homes(db: Session, principal: Principal) -> dict[str, Any]:
@@ -24,7 +27,9 @@ def list_homes(db: Session, principal: Principal) -> dict[str, Any]:
     if principal.role == "technician":
         visible = [h for h in homes if can_see_home(principal, h, as_technician=True)]
         return {"homes": [home_summary(h) for h in visible]}
-    return {"homes": [home_with_agents(db, h) for h in homes if can_see_home(principal, h)]}
+    visible = [h for h in homes if can_see_home(principal, h)]
+    names = names_for(db, user_ids=(h.owner_id for h in visible))
+    return {"homes": [home_with_agents(db, h, names) for h in visible]}
 
 
 def get_home(db: Session, principal: Principal, home_ref: str) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from ..auth import Principal, totp_uri
 from ..db.models import ApiToken, User
 from ..ids import digest
 from ..views import token_view, user_view
+from .names import names_for
 
 
 def me(db: Session, principal: Principal) -> dict[str, Any]:
@@ -31,7 +32,9 @@ def list_tokens(db: Session, principal: Principal) -> dict[str, Any]:
     query = select(ApiToken).order_by(ApiToken.created_at)
     if principal.role != "admin":
         query = query.where(ApiToken.user_id == principal.id)
-    return {"tokens": [token_view(t) for t in db.scalars(query)]}
+    tokens = [token_view(t) for t in db.scalars(query)]
+    emails = names_for(db, user_ids=(t["user_id"] for t in tokens)).emails
+    return {"tokens": [{**t, "user_email": emails.get(t["user_id"])} for t in tokens]}
 
 
 def token_id_of(db: Session, secret: str) -> str | None:

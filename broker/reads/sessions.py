@@ -16,6 +16,7 @@ from ..clock import rfc3339
 from ..counters import grant_usage
 from ..db.models import AccessSession, AuditEvent, Home, User
 from ..views import session_view
+from .names import names_for, names_of_sessions, session_names
 
 LIST_LIMIT = 1000
 
@@ -40,11 +41,13 @@ def list_sessions(
         query = query.where(AccessSession.home_id == found.id)
     if state is not None:
         query = query.where(AccessSession.state == state)
-    return {"sessions": [session_view(s) for s in db.scalars(query.limit(LIST_LIMIT))]}
+    views = [session_view(s) for s in db.scalars(query.limit(LIST_LIMIT))]
+    return {"sessions": names_of_sessions(db, views)}
 
 
 def get_session(db: Session, principal: Principal, session_id: str) -> dict[str, Any]:
-    return session_view(session_for(db, principal, session_id, "session.read"))
+    view = session_view(session_for(db, principal, session_id, "session.read"))
+    return names_of_sessions(db, [view])[0]
 
 
 def _report(db: Session, session: AccessSession) -> dict[str, Any]:
@@ -56,10 +59,17 @@ def _report(db: Session, session: AccessSession) -> dict[str, Any]:
     timeline = [
         {k: v for k, v in event_dict(e).items() if k not in ("prev_hash", "hash")} for e in events
     ]
+    view = session_view(session)
+    names = names_for(
+        db,
+        home_ids=[session.home_id],
+        user_ids=[session.technician_id],
+        actors=[session.approved_by, session.ended_by, *(e["actor"] for e in timeline)],
+    )
     return {
-        "session": session_view(session),
+        "session": session_names(view, names),
         "approved_by": session.approved_by,
-        "timeline": timeline,
+        "timeline": [{**e, "actor_name": names.actor(e["actor"])} for e in timeline],
         "grants": grant_usage(session.grants, session.counters),
         "last_handshake": rfc3339(session.last_handshake),
         # A witness digest the homeowner can keep: ``ztb audit verify --against``.

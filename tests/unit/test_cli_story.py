@@ -227,6 +227,18 @@ def test_full_story(people: People, ztb_home: Path, tmp_path: Path) -> None:
     assert "tv 192.168.1.30 tcp/8000-8010" in approved and "expires " in approved
     listed = owner.ok("session", "list", "--home", "ann-house", "--state", "approved")
     assert session_id in listed
+    # People read names and emails; --json keeps the ids (and adds the names).
+    assert "ann-house" in listed and people.home_id not in listed
+    shown = owner.ok("session", "show", session_id)
+    assert "technician  tina@example.com" in shown and "usr_" not in shown
+    assert "approved    ann@example.com at " in shown and "home_" not in shown
+    shown_json = owner.json("session", "show", session_id)
+    assert shown_json["home_id"] == people.home_id and shown_json["home_name"] == "ann-house"
+    assert str(shown_json["technician_id"]).startswith("usr_")
+    assert shown_json["technician_email"] == "tina@example.com"
+    owner_line = "owner        ann@example.com"
+    assert owner_line in admin.ok("home", "show", "ann-house")
+    assert "tina@example.com" in tech.ok("user", "token", "list")
     handshake = datetime(2026, 1, 2, 3, 4, tzinfo=UTC)
     assert people.router.report(
         int(admin.json("home", "show", "ann-house")["revision"]),  # type: ignore[call-overload]
@@ -258,7 +270,11 @@ def test_full_story(people: People, ztb_home: Path, tmp_path: Path) -> None:
     # Given a directory, ztb names the file so wg-quick accepts it; a name it would refuse
     # (interface names are at most 15 characters) is refused before anything is written.
     named = tech.ok("session", "config", session_id, "--output", str(tmp_path))
-    assert f"wrote {tmp_path / 'ztb-ann-house.conf'}" in named or "ztb-home_" in named
+    assert f"wrote {tmp_path / 'ztb-ann-house.conf'}" in named
+    stripped = subprocess.run(
+        [wg_quick, "strip", str(tmp_path / "ztb-ann-house.conf")], capture_output=True, text=True
+    )
+    assert stripped.returncode == 0 and f"PrivateKey = {private_key}" in stripped.stdout
     too_long = tmp_path / f"ztb-{session_id}.conf"
     assert "at most 15" in tech.fails("session", "config", session_id, "-o", str(too_long))
     assert not too_long.exists()
@@ -268,7 +284,8 @@ def test_full_story(people: People, ztb_home: Path, tmp_path: Path) -> None:
     assert "not live" in tech.fails("session", "config", session_id)
 
     report = owner.ok("session", "report", session_id)
-    assert "approved by" in report
+    assert "approved by     ann@example.com at " in report
+    assert "technician      tina@example.com" in report and "usr_" not in report
     assert "thermostat 192.168.1.20 tcp/443  12       1.5 KiB" in report
     assert "last handshake  2026-01-02 03:04 UTC" in report
     assert "session.active" in report

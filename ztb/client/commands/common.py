@@ -119,6 +119,11 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
     )
 
 
+def named(data: dict[str, Any], name_key: str, id_key: str) -> str:
+    """What a person reads an object by (a name or email the broker sent), else its id."""
+    return str(data.get(name_key) or data.get(id_key) or "-")
+
+
 def fields(pairs: Iterable[tuple[str, object]]) -> str:
     """``label  value`` lines with aligned values, skipping empty values."""
     shown = [(label, str(value)) for label, value in pairs if value not in (None, "", [])]

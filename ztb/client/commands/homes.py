@@ -21,6 +21,7 @@ from ztb.client.commands.common import (
     emit,
     emit_created,
     fields,
+    named,
     table,
 )
 
@@ -134,7 +135,7 @@ def show_home(
     text = fields(
         [
             ("home", f"{found.get('id')}  {found.get('name')}"),
-            ("owner", found.get("owner_id")),
+            ("owner", named(found, "owner_email", "owner_id")),
             ("lan", found.get("lan")),
             ("router", found.get("router_ip")),
             ("tunnel pool", found.get("tunnel_pool")),

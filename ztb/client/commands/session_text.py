@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from netpolicy import Grant, PolicyError, format_duration
-from ztb.client.commands.common import clock, fields, table
+from ztb.client.commands.common import clock, fields, named, table
 
 
 def grant_text(grant: object) -> str:
@@ -22,8 +22,18 @@ def grants_text(grants: object) -> str:
 
 
 def home_name(session: dict[str, Any]) -> str:
-    """The home's name when the broker sent it, else its id."""
-    return str(session.get("home_name") or session.get("home_id") or "home")
+    return named(session, "home_name", "home_id")
+
+
+def technician(session: dict[str, Any]) -> str:
+    return named(session, "technician_email", "technician_id")
+
+
+def approved_text(session: dict[str, Any]) -> str | None:
+    """``olivia@home.example at 14:02 UTC``, or None before approval."""
+    if not session.get("approved_at"):
+        return None
+    return f"{named(session, 'approved_by_name', 'approved_by')} at {clock(session['approved_at'])}"
 
 
 def state_text(session: dict[str, Any]) -> str:
@@ -66,17 +76,13 @@ def _size(count: object) -> str:
 
 def report_text(report: dict[str, Any]) -> str:
     session: dict[str, Any] = report.get("session") or {}
-    approved_by = session.get("approved_by")
     head = fields(
         [
             ("session", f"{session.get('id')}  {state_text(session)}"),
-            ("home", session.get("home_id")),
-            ("technician", session.get("technician_id")),
+            ("home", home_name(session)),
+            ("technician", technician(session)),
             ("reason", session.get("reason")),
-            (
-                "approved by",
-                approved_by and f"{approved_by} at {clock(session.get('approved_at'))}",
-            ),
+            ("approved by", approved_text(session)),
             ("tunnel ip", session.get("tunnel_ip")),
             ("last handshake", clock(report.get("last_handshake"))),
         ]
@@ -87,7 +93,7 @@ def report_text(report: dict[str, Any]) -> str:
         if isinstance(g, dict)
     ]
     events = [
-        (clock(e.get("time")), str(e.get("action")), str(e.get("actor") or "-"))
+        (clock(e.get("time")), str(e.get("action")), named(e, "actor_name", "actor"))
         for e in report.get("timeline") or []
         if isinstance(e, dict)
     ]

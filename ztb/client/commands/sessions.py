@@ -33,11 +33,13 @@ from ztb.client.commands.common import (
     table,
 )
 from ztb.client.commands.session_text import (
+    approved_text,
     describe,
     grants_text,
     home_name,
     report_text,
     state_text,
+    technician,
     when_text,
 )
 from ztb.client.config_files import BadConfigName, write_config
@@ -240,13 +242,12 @@ def show_session(
     with connect(broker, token, ca_cert) as client:
         session = client.get_session(session_id)
     duration = session.get("duration_s")
-    approved = clock(session.get("approved_at")) if session.get("approved_at") else None
     text = fields(
         [
             ("session", session.get("id")),
             ("state", state_text(session)),
-            ("home", session.get("home_id")),
-            ("technician", session.get("technician_id")),
+            ("home", home_name(session)),
+            ("technician", technician(session)),
             ("reason", session.get("reason")),
             ("grants", grants_text(session.get("grants"))),
             (
@@ -255,7 +256,7 @@ def show_session(
             ),
             ("duration", format_duration(duration) if isinstance(duration, int) else None),
             ("requested", clock(session.get("requested_at"))),
-            ("approved", f"{approved} by {session.get('approved_by')}" if approved else None),
+            ("approved", approved_text(session)),
             ("expires", clock(session.get("expires_at")) if session.get("expires_at") else None),
             ("ended", clock(session.get("ended_at")) if session.get("ended_at") else None),
             ("tunnel ip", session.get("tunnel_ip")),
@@ -281,7 +282,7 @@ def list_sessions(
         (
             str(s.get("id")),
             state_text(s),
-            str(s.get("home_id")),
+            home_name(s),
             grants_text(s.get("grants")),
             when_text(s),
         )

@@ -18,6 +18,7 @@ from ztb.client.commands.common import (
     duration_seconds,
     emit,
     emit_created,
+    named,
     table,
 )
 from ztb.client.http import ZtbClient
@@ -179,7 +180,7 @@ def list_tokens(
     rows = [
         (
             str(t.get("id")),
-            str(t.get("user_id")),
+            named(t, "user_email", "user_id"),
             str(t.get("name") or "-"),
             clock(t.get("expires_at")),
             _yes(t.get("revoked")),
