@@ -11,12 +11,11 @@ JSON object when the command line has ``--json``) and an exit status from
 from __future__ import annotations
 
 import importlib
-import json
 import os
 import sys
-import traceback
 from collections.abc import Callable
 from types import ModuleType
+from typing import Any
 
 from ztb.exit_codes import ExitCode
 
@@ -66,6 +65,8 @@ class _Failure:
     ) -> int:
         first_line = (message.strip().splitlines() or ["failed"])[0]
         if self.as_json:
+            import json
+
             report: dict[str, object] = {"error": first_line, "exit_code": int(code)}
             if status is not None:
                 report["status"] = status
@@ -107,8 +108,31 @@ def _run_group(module: ModuleType, group: str, args: list[str]) -> object:
         return plain_main(args)
     import typer
 
-    command = typer.main.get_command(module.app)
-    return command.main(args=args, prog_name=f"ztb {group}", standalone_mode=False)
+    app, prog = module.app, f"ztb {group}"
+    if args and (single := _only_command(app, args[0])) is not None:
+        app, prog, args = single, f"{prog} {args[0]}", args[1:]
+    command = typer.main.get_command(app)
+    return command.main(args=args, prog_name=prog, standalone_mode=False)
+
+
+def _only_command(app: Any, name: str) -> Any | None:
+    """A typer app holding just the command ``name`` of ``app``, or None if it has none.
+
+    typer reads the signature of every command in a group to build it; building only the
+    one that runs keeps ``ztb session list`` from paying for the other nine.
+    """
+    import typer
+
+    chosen = [
+        info
+        for info in app.registered_commands
+        if (info.name or typer.main.get_command_name(info.callback.__name__)) == name
+    ]
+    if len(chosen) != 1:
+        return None
+    single = typer.Typer(add_completion=False)
+    single.registered_commands = chosen
+    return single
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -134,6 +158,8 @@ def main(argv: list[str] | None = None) -> int:
         return fail("interrupted", ExitCode.INTERRUPTED)
     except Exception as exc:  # the contract: never a traceback, one line and non-zero
         if os.environ.get("ZTB_DEBUG"):
+            import traceback
+
             traceback.print_exc()
         return _exit_code_for(exc, group, fail)
     return result if isinstance(result, int) else 0

@@ -7,7 +7,6 @@ session config`` puts it into the wg-quick file.
 
 from __future__ import annotations
 
-import secrets
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -45,7 +44,6 @@ from ztb.client.commands.session_text import (
 from ztb.client.config_files import BadConfigName, write_config
 from ztb.client.http import ZtbClient
 from ztb.client.keys import fill_private_key, key_path, keys_dir, write_secret
-from ztb.wgkeys import key_pair
 
 app = typer.Typer(
     no_args_is_help=True, add_completion=False, help="Request, approve and end access sessions."
@@ -83,6 +81,10 @@ def _request_with_local_key(
     It is written (0600) before the request leaves, so a full disk never costs a session
     its key, and it is removed again when the request fails.
     """
+    import secrets  # only requests need these; ``session list`` starts faster without
+
+    from ztb.wgkeys import key_pair
+
     private_key, public_key = key_pair(_read_key_file(key_file) if key_file else None)
     pending = keys_dir() / f"pending-{secrets.token_hex(8)}.key"
     write_secret(pending, private_key + "\n")
