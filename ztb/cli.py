@@ -29,6 +29,8 @@ GROUPS: dict[str, tuple[str, str]] = {
     "session": ("ztb.client.commands.sessions", "request, approve and end access sessions"),
     "audit": ("ztb.client.commands.audit", "verify and export the audit chain"),
     "relay": ("broker.relay.cli", "relay WireGuard paths for homes behind NAT"),
+    "login": ("ztb.client.commands.login", "keep your broker, token and CA in your profile"),
+    "ca": ("ztb.client.commands.ca", "fetch the broker's CA certificate and pin it"),
     "lab": ("lab.cli", "network-namespace lab: up, down, demo"),
     "completion": ("ztb.completion", "print the bash completion script"),
 }

@@ -7,6 +7,7 @@ enrollment call and reports over mTLS (no router needed).
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import shutil
@@ -485,3 +486,64 @@ def test_password_login(
     assert main(["user", "login", "tom@example.com", "--password-stdin"]) != 0
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "(HTTP 401)" in err
+
+
+def test_ca_fetch_and_login_make_a_profile(
+    live_broker: LiveBroker,
+    ztb_home: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A technician pins the CA by its fingerprint, logs in once, then needs no flags."""
+    for name in ("ZTB_BROKER", "ZTB_TOKEN", "ZTB_CA_CERT"):
+        monkeypatch.delenv(name, raising=False)
+    url = live_broker.url
+    der = ssl.PEM_cert_to_DER_cert(live_broker.ca_cert.read_text())
+    digest = hashlib.sha256(der).hexdigest().upper()
+    fingerprint = "SHA256:" + ":".join(digest[i : i + 2] for i in range(0, 64, 2))
+
+    def run(*args: str) -> tuple[int, str, str]:
+        code = main(list(args))
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    wrong = "SHA256:" + "00" * 32
+    code, _, err = run("ca", "fetch", "--broker", url, "--fingerprint", wrong)
+    assert code == 1 and "not the pinned" in err
+    assert not (ztb_home / "ca.pem").exists()
+    code, _, err = run("ca", "fetch", "--broker", url, "--fingerprint", "abc")
+    assert code == 2 and "64 hex digits" in err
+
+    code, out, err = run("ca", "fetch", "--broker", url, "--fingerprint", fingerprint)
+    assert code == 0, err
+    fetched = ztb_home / "ca.pem"
+    assert ssl.PEM_cert_to_DER_cert(fetched.read_text()) == der
+    assert stat.S_IMODE(fetched.stat().st_mode) == 0o600
+
+    # The admin makes a technician with a password; she signs in with it once. The
+    # fetched CA is already trusted for this broker.
+    monkeypatch.setattr("sys.stdin", io.StringIO("s3cret-passphrase\n"))
+    admin = ["--broker", url, "--token", live_broker.admin]
+    code, _, err = run(
+        "user", "create", "tia@example.com", "--role", "technician", "--password-stdin", *admin
+    )
+    assert code == 0, err
+    monkeypatch.setattr("sys.stdin", io.StringIO("s3cret-passphrase\n"))
+    code, out, err = run("login", "tia@example.com", "--password-stdin", "--broker", url)
+    assert code == 0, err
+    assert "logged in as tia@example.com (technician)" in out
+    saved = ztb_home / "profile.json"
+    assert stat.S_IMODE(saved.stat().st_mode) == 0o600
+    assert stat.S_IMODE(ztb_home.stat().st_mode) == 0o700
+    assert json.loads(saved.read_text())["ca_cert"] == str(fetched.resolve())
+
+    # From now on: no flags, no ZTB_* variables.
+    code, out, err = run("user", "whoami")
+    assert code == 0 and out.startswith("tia@example.com  technician"), err
+    # The profile's token never goes to another broker.
+    code, _, err = run("session", "list", "--broker", "https://127.0.0.1:9")
+    assert code == 2 and "no API token" in err
+    # Logging in with a given token replaces the profile.
+    code, out, err = run("login", "--token", live_broker.admin, "--broker", url)
+    assert code == 0 and "admin@example.com (admin)" in out, err
+    assert run("user", "whoami")[1].startswith("admin@example.com  admin")

@@ -11,16 +11,15 @@ import os
 import re
 from pathlib import Path
 
+from ztb.client.profile import config_dir
+
 PRIVATE_KEY_PLACEHOLDER = "PrivateKey = <your private key>"
 _SAFE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
 def keys_dir() -> Path:
-    """``$ZTB_HOME/keys``, else ``$XDG_CONFIG_HOME/ztb/keys``, else ``~/.config/ztb/keys``."""
-    if home := os.environ.get("ZTB_HOME"):
-        return Path(home) / "keys"
-    config = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
-    return Path(config) / "ztb" / "keys"
+    """``keys/`` in the config directory (``ztb.client.profile.config_dir``)."""
+    return config_dir() / "keys"
 
 
 def key_path(session_id: str) -> Path:

@@ -16,6 +16,7 @@ from typing import Annotated, Any
 import typer
 
 from netpolicy import HARD_MAX_DURATION_S, GrantSpec, PolicyError, parse_duration
+from ztb.client import profile
 from ztb.client.http import ZtbClient
 
 BrokerOption = Annotated[
@@ -47,11 +48,19 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object.
 def connect(
     broker: str | None, token: str | None, ca_cert: Path | None, *, need_token: bool = True
 ) -> ZtbClient:
-    """A client for the chosen broker, or a one-line error naming the missing setting."""
+    """A client for the chosen broker, or a one-line error naming the missing setting.
+
+    What flags and ``ZTB_*`` variables leave open comes from the ``ztb login`` profile,
+    but only for the profile's own broker: its token never goes to another one.
+    """
+    saved = profile.load() if not (broker and token and ca_cert) else None
+    if saved is not None and (broker is None or saved.for_broker(broker)):
+        broker, token = saved.broker, token or saved.token
+        ca_cert = ca_cert or (Path(saved.ca_cert) if saved.ca_cert else None)
     if not broker:
-        raise typer.BadParameter("no broker URL: pass --broker or set ZTB_BROKER")
+        raise typer.BadParameter("no broker URL: pass --broker, set ZTB_BROKER or 'ztb login'")
     if need_token and not token:
-        raise typer.BadParameter("no API token: pass --token or set ZTB_TOKEN")
+        raise typer.BadParameter("no API token: pass --token, set ZTB_TOKEN or 'ztb login'")
     return ZtbClient(broker, token, ca_cert=ca_cert)
 
 
