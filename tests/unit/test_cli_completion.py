@@ -14,6 +14,7 @@ import pytest
 from ztb.cli import GROUPS
 
 BIN = Path(sys.executable).parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def completions(*words: str) -> list[str]:
@@ -28,7 +29,12 @@ def completions(*words: str) -> list[str]:
         "_ztb_complete\n"
         'printf "%s\\n" "${COMPREPLY[@]}"\n'
     )
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    # The lab group ships only in the source tree (not in the wheel): put it on the path.
+    env = {
+        **os.environ,
+        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        "PYTHONPATH": str(ROOT),
+    }
     result = subprocess.run(
         ["bash", "--norc", "--noprofile", "-c", script],
         capture_output=True,
