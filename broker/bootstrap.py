@@ -1,9 +1,12 @@
 """First start of a broker: data directory, schema, signing key, first admin.
 
-Preparation is a list of steps over the data directory (``STEPS``): owner-only directory,
-then the CA (``ca.pem``, ``ca.key``) and the HTTPS certificate for ``settings.tls_names``.
-Schema and the audit signing key come with the app itself (``create_app``); ``serve`` runs
-the steps too, so a fresh directory works and a changed ``--tls-name`` gets a new cert.
+Preparation is a list of steps over the data directory (``STEPS``): owner-only directory;
+the schema (migrated under the migration lock) and the deployment's identity (the CA
+``ca.pem``/``ca.key`` and the audit-signing key, checked against the database, minted only
+for a new deployment: ``broker.deployment``); then the HTTPS certificate for
+``settings.tls_names``. ``serve`` runs the steps too, so a fresh directory on a fresh
+database works, a changed ``--tls-name`` gets a new cert, and a replica with the wrong
+keys stops before it serves anything.
 """
 
 from __future__ import annotations
@@ -19,7 +22,9 @@ from .app import create_app
 from .clock import Clock, system_clock
 from .config import Settings
 from .context import Broker
+from .db.engine import make_engine, migrate
 from .db.models import User
+from .deployment import ensure_identity
 from .users_service import create_user, issue_token
 
 Step = Callable[[Settings, datetime], None]
@@ -31,13 +36,19 @@ def prepare_data_dir(settings: Settings, now: datetime) -> None:
     settings.data_dir.chmod(0o700)
 
 
-def prepare_pki(settings: Settings, now: datetime) -> None:
-    """The CA agents' certificates chain to, and the broker's own HTTPS certificate."""
-    ca = pki.load_or_create_ca(settings.data_dir, now)
+def prepare_schema_and_pki(settings: Settings, now: datetime) -> None:
+    """The schema, the deployment's keys (checked or minted), and the broker's own HTTPS
+    certificate signed by the deployment's CA."""
+    engine = make_engine(settings.database_url)
+    try:
+        migrate(engine)
+        ca = ensure_identity(settings, engine, now)
+    finally:
+        engine.dispose()
     pki.ensure_server_certificate(settings.data_dir, ca, settings.tls_names, now)
 
 
-STEPS: list[Step] = [prepare_data_dir, prepare_pki]
+STEPS: list[Step] = [prepare_data_dir, prepare_schema_and_pki]
 
 
 def prepare(settings: Settings, clock: Clock = system_clock) -> None:

@@ -1,5 +1,5 @@
-"""``ztb broker serve|bootstrap|migrate|backup``: run the broker, prepare its data
-directory and schema, back it up."""
+"""``ztb broker serve|bootstrap|migrate|backup|export-keys|import-keys``: run the broker,
+prepare its data directory and schema, back it up, give a replica the deployment's keys."""
 
 from __future__ import annotations
 
@@ -173,7 +173,7 @@ def backup(
 ) -> None:
     """Copy the SQLite database while the broker runs (online backup); for PostgreSQL,
     print the pg_dump command. The CA and audit keys are
-    not in it: keep a copy of them apart (see docs/operations.md)."""
+    not in it: keep them apart (`ztb broker export-keys`)."""
     from sqlalchemy import make_url
 
     from broker.backup import backup_sqlite, pg_dump_hint
@@ -238,3 +238,51 @@ def audit_key(data_dir: DataDir) -> None:
             f"{settings.signing_key_path} does not exist", param_hint="--data-dir"
         )
     typer.echo(Signer.load_or_create(settings.signing_key_path).public_key)
+
+
+@app.command("export-keys")
+def export_keys(
+    output: Annotated[
+        Path,
+        typer.Option(
+            "--output", help="New file (0600), or '-' for standard output.", dir_okay=False
+        ),
+    ],
+    data_dir: DataDir = Path("/var/lib/ztb-broker"),
+) -> None:
+    """Write the deployment's CA and audit-signing keys as one JSON document: what a new
+    replica (or a restore) imports. Secret: keep it in a secret store, not beside backups."""
+    from broker.deployment import export_keys as export
+    from broker.deployment import write_secret
+
+    document = json.dumps(export(Settings(data_dir=data_dir)))
+    if str(output) == "-":
+        typer.echo(document)
+    else:
+        write_secret(output, document + "\n")
+
+
+@app.command("import-keys")
+def import_keys(
+    input_file: Annotated[
+        Path,
+        typer.Option(
+            "--input", help="File from export-keys, or '-' for standard input.", dir_okay=False
+        ),
+    ],
+    data_dir: DataDir = Path("/var/lib/ztb-broker"),
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Put the deployment's keys into this replica's data directory (empty, or holding the
+    same keys); `serve` then checks them against the database."""
+    import sys
+
+    from broker.deployment import import_keys as load
+
+    document = sys.stdin.read() if str(input_file) == "-" else input_file.read_text()
+    identity = load(Settings(data_dir=data_dir), document)
+    result = {
+        "ca_fingerprint": identity.ca_fingerprint,
+        "audit_public_key": identity.audit_public_key,
+    }
+    typer.echo(json.dumps(result) if as_json else f"keys imported: CA {identity.ca_fingerprint}")

@@ -235,3 +235,16 @@ def table_of(model: type[Base]) -> Table:
     table = model.__table__
     assert isinstance(table, Table)
     return table
+
+
+class DeploymentIdentity(Base):
+    """The one row naming this deployment's keys (``broker/deployment.py``): every replica
+    must hold the same CA and audit-signing key, or it refuses to start."""
+
+    __tablename__ = "deployment_identity"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)  # always 1
+    ca_fingerprint: Mapped[str] = mapped_column(String(64))
+    ca_certificate: Mapped[str] = mapped_column(Text)
+    audit_public_key: Mapped[str] = mapped_column(String(64))
+    recorded_at: Mapped[datetime]

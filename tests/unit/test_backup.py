@@ -3,7 +3,9 @@ the operations guide describes (backup + keys -> new data directory -> serve).""
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import sqlite3
 import stat
 from pathlib import Path
@@ -14,6 +16,7 @@ from broker.db.engine import DB_FILE
 from ztb.cli import main
 
 from .broker_harness import Harness, anyio_backend, harness
+from .broker_process import served
 
 __all__ = ["anyio_backend", "harness"]
 
@@ -68,3 +71,32 @@ def test_backup_of_postgresql_names_pg_dump_without_the_password(
     assert "pg_dump --format=custom" in err
     assert "s3cret" not in err
     assert len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.anyio
+async def test_restore_into_a_new_data_dir_serves_the_sessions_and_a_valid_audit_chain(
+    harness: Harness, tmp_path: Path
+) -> None:
+    sid = await _session_and_checkpoint(harness)
+    w = await harness.world()
+    backup = tmp_path / "backup.db"
+    keys = tmp_path / "keys.json"
+    assert (
+        main(["broker", "backup", "--data-dir", str(harness.data_dir), "--output", str(backup)])
+        == 0
+    )
+    assert (
+        main(["broker", "export-keys", "--data-dir", str(harness.data_dir), "--output", str(keys)])
+        == 0
+    )
+
+    restored = tmp_path / "restored"
+    assert main(["broker", "import-keys", "--data-dir", str(restored), "--input", str(keys)]) == 0
+    shutil.copy(backup, restored / DB_FILE)
+    with served(restored) as broker:
+        shown = broker.ztb(w.admin, "session", "show", sid, "--json")
+        assert shown.returncode == 0, shown.stderr
+        assert json.loads(shown.stdout)["id"] == sid
+        verified = broker.ztb(w.admin, "audit", "verify", "--json")
+        assert verified.returncode == 0, verified.stderr
+        assert json.loads(verified.stdout)["checkpoints"] >= 1
