@@ -145,6 +145,9 @@ class AccessLog:
                     "route": route,
                     "status": status,
                     "ms": round(elapsed * 1000, 2),
+                    # After a trusted proxy's X-Forwarded-For/-Proto (broker.listeners).
+                    "client": (scope.get("client") or ("",))[0],
+                    "scheme": scope.get("scheme"),
                 },
             )
 

@@ -43,8 +43,8 @@ __all__ = [
     "https_config",
     "peer_agent",
     "peer_certificate",
-    "serve_https",
     "server_ssl_context",
+    "small_tls_read_buffers",
 ]
 
 # IANA TLS version numbers, as the ASGI TLS extension wants them.
@@ -75,7 +75,7 @@ def server_ssl_context(
 TLS_READ_BUFFER = 32 * 1024
 
 
-def _small_tls_read_buffers() -> None:
+def small_tls_read_buffers() -> None:
     import asyncio.sslproto
 
     asyncio.sslproto.SSLProtocol.max_size = TLS_READ_BUFFER
@@ -92,7 +92,7 @@ def https_config(
 ) -> uvicorn.Config:
     """A uvicorn config serving ``app`` over HTTPS from ``DATA_DIR``'s server cert and CA."""
     context = server_ssl_context(data_dir, cert_file, key_file)
-    _small_tls_read_buffers()
+    small_tls_read_buffers()
     return uvicorn.Config(
         app,
         host=host,
@@ -101,19 +101,6 @@ def https_config(
         ssl_context_factory=lambda _config, _default: context,
         **options,
     )
-
-
-def serve_https(
-    app: ASGIApp,
-    data_dir: Path,
-    host: str,
-    port: int,
-    cert_file: Path | None = None,
-    key_file: Path | None = None,
-    **options: Any,
-) -> None:
-    """Blocking: what ``ztb broker serve`` runs (``options`` go to ``uvicorn.Config``)."""
-    uvicorn.Server(https_config(app, data_dir, host, port, cert_file, key_file, **options)).run()
 
 
 class PeerCertificateProtocol(LimitedHttpProtocol):

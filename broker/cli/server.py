@@ -97,14 +97,46 @@ def serve(
         str, typer.Option("--listen", envvar="ZTB_LISTEN", help="HOST:PORT to bind.")
     ] = "127.0.0.1:8443",
     tls_name: TlsNames = None,
+    agent_listen: Annotated[
+        str | None,
+        typer.Option(
+            "--agent-listen",
+            envvar="ZTB_AGENT_LISTEN",
+            help="HOST:PORT of the agents' own mTLS listener (ztb CA certificate); "
+            "--listen then serves people only and may use --cert or --plain-http.",
+            show_default=False,
+        ),
+    ] = None,
     cert: Annotated[
         Path | None,
         typer.Option(
-            "--cert", help="Serve this certificate (PEM chain) instead of the CA's.", dir_okay=False
+            "--cert",
+            envvar="ZTB_CERT",
+            help="Certificate (PEM chain) for the people's listener, e.g. a public CA's.",
+            dir_okay=False,
         ),
     ] = None,
     key: Annotated[
-        Path | None, typer.Option("--key", help="Private key of --cert.", dir_okay=False)
+        Path | None,
+        typer.Option("--key", envvar="ZTB_KEY", help="Private key of --cert.", dir_okay=False),
+    ] = None,
+    plain_http: Annotated[
+        bool,
+        typer.Option(
+            "--plain-http",
+            envvar="ZTB_PLAIN_HTTP",
+            help="People's listener speaks plain HTTP on loopback, behind a TLS reverse proxy.",
+        ),
+    ] = False,
+    trusted_proxy: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--trusted-proxy",
+            envvar="ZTB_TRUSTED_PROXY",
+            help="Address of a reverse proxy whose X-Forwarded-For/-Proto are believed "
+            "(repeat). Default: none.",
+            show_default=False,
+        ),
     ] = None,
     webhook_allow: Annotated[
         list[str] | None,
@@ -120,20 +152,27 @@ def serve(
     from broker.app import create_app
     from broker.bootstrap import prepare
     from broker.jsonlog import configure
-    from broker.tls_server import serve_https
+    from broker.listeners import plan_listeners, serve_listeners
 
     host, port = _listen(listen)
+    agents = _listen(agent_listen) if agent_listen else None
     if (cert is None) != (key is None):
         raise typer.BadParameter("give --cert and --key together", param_hint="--cert/--key")
-    names = _tls_names(tls_name, host, data_dir)
+    names = _tls_names(tls_name, agents[0] if agents else host, data_dir)
     settings = Settings(
         data_dir=data_dir, db_url=db, tls_names=names, webhook_allow=_networks(webhook_allow)
     )
-    prepare(settings)  # CA for signing agent certificates; server cert current for the names
-    configure(logging.INFO)
-    serve_https(
-        create_app(settings), data_dir, host, port, cert, key, log_config=None, access_log=False
+    prepare(settings)  # keys checked against the database; server cert current for the names
+    listeners = plan_listeners(
+        data_dir,
+        (host, port),
+        agents,
+        (cert, key) if cert and key else None,
+        plain_http,
+        trusted_proxy or (),
     )
+    configure(logging.INFO)
+    serve_listeners(create_app(settings), listeners, log_config=None, access_log=False)
 
 
 @app.command()
