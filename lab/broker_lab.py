@@ -32,6 +32,18 @@ _PUBLIC_KEY = re.compile(r"^PublicKey\s*=\s*(\S+)", re.MULTILINE)
 
 
 @dataclass(frozen=True, slots=True)
+class PeopleListener:
+    """A separate people's listener (``--listen`` + ``--cert/--key``) beside the agents'
+    mTLS one (``--agent-listen``, the topology's broker port); ``root`` is the CA file
+    people's CLIs trust for it (e.g. a public CA's root)."""
+
+    port: int
+    cert: Path
+    key: Path
+    root: Path
+
+
+@dataclass(frozen=True, slots=True)
 class Person:
     """Someone running ``ztb``: where (namespace), as whom (token), keys kept in ``home``."""
 
@@ -48,8 +60,9 @@ class CliError(RuntimeError):
 class BrokerLab:
     """The broker and the enrolled agent on top of a built ``Lab`` (which cleans up)."""
 
-    def __init__(self, lab: Lab) -> None:
+    def __init__(self, lab: Lab, people: PeopleListener | None = None) -> None:
         self.lab = lab
+        self.people = people
         self.topo = lab.topo
         self.data_dir = lab.run_dir / "broker"
         self.ca_cert = self.data_dir / "ca.pem"
@@ -75,9 +88,16 @@ class BrokerLab:
     def start_broker(self) -> float:
         """``ztb broker serve``; returns seconds until it accepted TLS connections."""
         t0 = time.monotonic()
+        listeners = ["--listen", f"{BROKER_IP}:{BROKER_PORT}"]
+        if self.people is not None:
+            listeners = [
+                "--agent-listen", f"{BROKER_IP}:{BROKER_PORT}",
+                "--listen", f"{BROKER_IP}:{self.people.port}",
+                "--cert", str(self.people.cert), "--key", str(self.people.key),
+            ]  # fmt: skip
         argv = ztb_argv(
-            "broker", "serve", "--data-dir", str(self.data_dir),
-            "--listen", f"{BROKER_IP}:{BROKER_PORT}", "--tls-name", str(BROKER_IP),
+            "broker", "serve", "--data-dir", str(self.data_dir), *listeners,
+            "--tls-name", str(BROKER_IP),
         )  # fmt: skip
         self._broker = self.lab.spawn(self.topo.broker, argv, "broker", self.broker_log)
         deadline = t0 + READY_TIMEOUT_S
@@ -110,9 +130,10 @@ class BrokerLab:
         self, person: Person, *args: str, check: bool = True
     ) -> subprocess.CompletedProcess[str]:
         """``ztb ARGS`` as ``person`` in their namespace, broker and CA from the environment."""
+        people = self.people
         env = {
-            "ZTB_BROKER": self.topo.broker_url,
-            "ZTB_CA_CERT": str(self.ca_cert),
+            "ZTB_BROKER": f"https://{BROKER_IP}:{people.port}" if people else self.topo.broker_url,
+            "ZTB_CA_CERT": str(people.root if people else self.ca_cert),
             "ZTB_TOKEN": person.token,
             "ZTB_HOME": str(person.home),
         }
