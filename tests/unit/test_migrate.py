@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import shutil
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -29,6 +31,15 @@ from .postgres_server import PostgresServer
 
 # Tables whose rows the world holds; a round trip must keep every one of them.
 FILLED_TABLES = ("users", "homes", "devices", "agents", "audit_events")
+
+
+@contextmanager
+def _engine(url: str) -> Iterator[Engine]:
+    engine = make_engine(url)
+    try:
+        yield engine
+    finally:
+        engine.dispose()
 
 
 def _revisions_newest_first() -> list[str]:
@@ -67,21 +78,15 @@ def _step_by_step_round_trip(engine: Engine) -> None:
 
 
 def test_every_migration_downgrades_and_upgrades_again_on_sqlite(tmp_path: Path) -> None:
-    engine = make_engine(sqlite_url(tmp_path))
-    try:
+    with _engine(sqlite_url(tmp_path)) as engine:
         _step_by_step_round_trip(engine)
-    finally:
-        engine.dispose()
 
 
 def test_every_migration_downgrades_and_upgrades_again_on_postgresql(
     postgres_server: PostgresServer,
 ) -> None:
-    engine = make_engine(postgres_server.url(postgres_server.create_database()))
-    try:
+    with _engine(postgres_server.url(postgres_server.create_database())) as engine:
         _step_by_step_round_trip(engine)
-    finally:
-        engine.dispose()
 
 
 def _filled_round_trip(engine: Engine) -> None:
@@ -98,22 +103,16 @@ def test_a_filled_sqlite_database_goes_to_the_previous_release_and_back(
 ) -> None:
     data_dir = tmp_path / "broker"
     shutil.copytree(sqlite_template.data_dir, data_dir)
-    engine = make_engine(sqlite_url(data_dir))
-    try:
+    with _engine(sqlite_url(data_dir)) as engine:
         _filled_round_trip(engine)
-    finally:
-        engine.dispose()
 
 
 def test_a_filled_postgresql_database_goes_to_the_previous_release_and_back(
     postgres_server: PostgresServer, postgres_template: Template
 ) -> None:
     database = postgres_server.create_database(template=postgres_template.database)
-    engine = make_engine(postgres_server.url(database))
-    try:
+    with _engine(postgres_server.url(database)) as engine:
         _filled_round_trip(engine)
-    finally:
-        engine.dispose()
 
 
 def _stamp_newer(engine: Engine) -> None:
@@ -125,13 +124,10 @@ def _stamp_newer(engine: Engine) -> None:
 def test_a_newer_schema_is_refused_by_migrate_and_serve(tmp_path: Path) -> None:
     data_dir = tmp_path / "broker"
     data_dir.mkdir()
-    engine = make_engine(sqlite_url(data_dir))
-    try:
+    with _engine(sqlite_url(data_dir)) as engine:
         _stamp_newer(engine)
         with pytest.raises(SchemaError, match="9999, newer than this ztb"):
             migrate(engine)
-    finally:
-        engine.dispose()
     migrated = ztb("broker", "migrate", "--data-dir", str(data_dir))
     assert migrated.returncode == 1
     assert "newer than this ztb" in migrated.stderr
