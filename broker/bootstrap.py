@@ -17,14 +17,14 @@ from typing import Any
 
 from sqlalchemy import select
 
-from . import audit, pki
+from . import audit, pki, secret_key
 from .app import create_app
 from .clock import Clock, system_clock
 from .config import Settings
 from .context import Broker
 from .db.engine import make_engine, migrate
 from .db.models import User
-from .deployment import ensure_identity
+from .deployment import check_before_migrating, ensure_identity
 from .users_service import create_user, issue_token
 
 Step = Callable[[Settings, datetime], None]
@@ -41,7 +41,10 @@ def prepare_schema_and_pki(settings: Settings, now: datetime) -> None:
     certificate signed by the deployment's CA."""
     engine = make_engine(settings.database_url)
     try:
+        check_before_migrating(settings, engine)
+        box = secret_key.attach_key(settings, engine)  # migrations seal or open secrets
         migrate(engine)
+        secret_key.check_fingerprint(engine, box)
         ca = ensure_identity(settings, engine, now)
     finally:
         engine.dispose()

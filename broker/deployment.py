@@ -20,7 +20,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, inspect, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -51,7 +51,10 @@ def _fix(data_dir: Path) -> str:
     )
 
 
-def _local(settings: Settings) -> tuple[pki.CertificateAuthority | None, Signer | None]:
+LocalKeys = tuple[pki.CertificateAuthority | None, Signer | None]
+
+
+def _local(settings: Settings) -> LocalKeys:
     data_dir = settings.data_dir
     has_ca = (data_dir / pki.CA_CERT_FILE).exists() or (data_dir / pki.CA_KEY_FILE).exists()
     ca = pki.load_ca(data_dir) if has_ca else None
@@ -82,22 +85,58 @@ def _record(engine: Engine, identity: DeploymentIdentity) -> DeploymentIdentity:
     return identity
 
 
+def _recorded_if_any(engine: Engine) -> tuple[DeploymentIdentity | None, bool]:
+    """(the recorded identity, whether the database holds data); a schema older than the
+    identity table (or none at all) has no identity."""
+    tables = set(inspect(engine).get_table_names())
+    with Session(engine, expire_on_commit=False) as db:
+        recorded = _recorded(db) if DeploymentIdentity.__tablename__ in tables else None
+        in_use = User.__tablename__ in tables and db.scalars(select(User.id).limit(1)).first()
+    return recorded, bool(in_use)
+
+
+def _verify(data_dir: Path, recorded: DeploymentIdentity, local: LocalKeys) -> None:
+    ca, signer = local
+    expected = Identity(recorded.ca_fingerprint, recorded.audit_public_key)
+    found = Identity(ca.fingerprint if ca else "", signer.public_key if signer else "")
+    if found != expected:
+        raise IdentityError(
+            f"{data_dir} does not hold this deployment's keys (the database expects CA "
+            f"{expected.ca_fingerprint[:16]}…, audit key {expected.audit_public_key[:12]}…; "
+            f"found {_describe(ca, signer)}): " + _fix(data_dir)
+        )
+
+
+def _refuse_unknown(data_dir: Path, in_use: bool, local: LocalKeys) -> None:
+    """A database with data but no recorded identity (made before identities were
+    recorded) is adopted only by a data directory that has both keys."""
+    if in_use and None in local:
+        raise IdentityError(
+            f"the database is in use but {data_dir} holds {_describe(*local)}: start this "
+            "replica with the data directory the database was made with, or " + _fix(data_dir)
+        )
+
+
+def check_before_migrating(settings: Settings, engine: Engine) -> None:
+    """Refuse a data directory that is not this deployment's before anything is written:
+    migrations would otherwise run (and seal secrets) with this directory's keys."""
+    recorded, in_use = _recorded_if_any(engine)
+    local = _local(settings)
+    if recorded is not None:
+        _verify(settings.data_dir, recorded, local)
+    else:
+        _refuse_unknown(settings.data_dir, in_use, local)
+
+
 def ensure_identity(settings: Settings, engine: Engine, now: datetime) -> pki.CertificateAuthority:
-    """The deployment's CA, after checking this data directory holds the recorded keys
-    (recording or minting them for a new deployment). Raises ``IdentityError``."""
-    data_dir = settings.data_dir
+    """After migrating: the deployment's CA, checking this data directory holds the
+    recorded keys (recording, or minting for a new deployment, when none are recorded).
+    Raises ``IdentityError``."""
+    recorded, in_use = _recorded_if_any(engine)
     ca, signer = _local(settings)
-    with Session(engine) as db:
-        recorded = _recorded(db)
-        in_use = db.scalars(select(User.id).limit(1)).first() is not None
     if recorded is None:
-        if in_use and (ca is None or signer is None):
-            raise IdentityError(
-                f"the database is in use but {data_dir} holds {_describe(ca, signer)}: "
-                "start this replica with the data directory the database was made with, or "
-                + _fix(data_dir)
-            )
-        ca = ca or pki.load_or_create_ca(data_dir, now)
+        _refuse_unknown(settings.data_dir, in_use, (ca, signer))
+        ca = ca or pki.load_or_create_ca(settings.data_dir, now)
         signer = signer or Signer.load_or_create(settings.signing_key_path)
         recorded = _record(
             engine,
@@ -109,14 +148,8 @@ def ensure_identity(settings: Settings, engine: Engine, now: datetime) -> pki.Ce
                 recorded_at=now,
             ),
         )
-    expected = Identity(recorded.ca_fingerprint, recorded.audit_public_key)
-    found = Identity(ca.fingerprint if ca else "", signer.public_key if signer else "")
-    if ca is None or found != expected:
-        raise IdentityError(
-            f"{data_dir} does not hold this deployment's keys (the database expects CA "
-            f"{expected.ca_fingerprint[:16]}…, audit key {expected.audit_public_key[:12]}…; "
-            f"found {_describe(ca, signer)}): " + _fix(data_dir)
-        )
+    _verify(settings.data_dir, recorded, (ca, signer))
+    assert ca is not None
     return ca
 
 

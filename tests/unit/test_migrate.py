@@ -26,7 +26,7 @@ from broker.db.engine import (
 from broker.db.models import Base
 
 from .broker_harness import Template
-from .broker_process import refused_start, ztb
+from .broker_process import refused_start, served, ztb
 from .postgres_server import PostgresServer
 
 # Tables whose rows the world holds; a round trip must keep every one of them.
@@ -171,3 +171,19 @@ def test_sqlite_migrators_take_turns(tmp_path: Path) -> None:
     assert sorted(results, key=str) == sorted(
         [(None, newest_revision())] + [(newest_revision(), newest_revision())] * 3, key=str
     )
+
+
+def test_serve_upgrades_a_filled_database_of_the_previous_release(
+    sqlite_template: Template, tmp_path: Path
+) -> None:
+    """Under the previous release there was no recorded identity: the first start of the
+    new code migrates (under the lock) and adopts the data directory's keys."""
+    data_dir = tmp_path / "broker"
+    shutil.copytree(sqlite_template.data_dir, data_dir)
+    down = ztb("broker", "migrate", "--data-dir", str(data_dir), "--to", _previous_release())
+    assert down.returncode == 0, down.stderr
+    with served(data_dir) as broker:
+        verified = broker.ztb(sqlite_template.world.admin, "audit", "verify")
+        assert verified.returncode == 0, verified.stderr
+    with _engine(sqlite_url(data_dir)) as engine:
+        assert _revision(engine) == newest_revision()
