@@ -37,11 +37,11 @@ def _wheel(dist_dir: Path) -> Path:
     return wheel
 
 
-def test_wheel_ships_the_programs_and_no_lab_or_tests(dist_dir: Path) -> None:
+def test_wheel_ships_the_programs_and_no_lab_tests_or_fakes(dist_dir: Path) -> None:
     names = zipfile.ZipFile(_wheel(dist_dir)).namelist()
     top_level = {name.split("/")[0] for name in names}
     assert {name for name in top_level if not name.endswith(".dist-info")} == SHIPPED_TOP_LEVEL
-    assert not [name for name in names if Path(name).stem == "conftest"]
+    assert not [name for name in names if "fake" in name or Path(name).stem == "conftest"]
     # What the broker reads at run time besides Python modules.
     for needed in (
         "broker/migrations/env.py",
