@@ -244,6 +244,7 @@ def migrate(
     """Upgrade (or downgrade) the database schema under a lock: replicas take turns."""
     from broker.db.engine import make_engine
     from broker.db.engine import migrate as run_migrations
+    from broker.deployment import check_before_migrating
     from broker.secret_key import attach_key, check_fingerprint
 
     settings = Settings(data_dir=data_dir, db_url=db)
@@ -251,6 +252,7 @@ def migrate(
         data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     engine = make_engine(settings.database_url)
     try:
+        check_before_migrating(settings, engine)  # a replica without the keys stops here
         box = attach_key(settings, engine)  # sealing (0003) and its downgrade need the key
         before, after = run_migrations(engine, to)
         check_fingerprint(engine, box)

@@ -97,6 +97,9 @@ def test_a_replica_with_a_fresh_data_dir_refuses_to_start_and_says_how_to_fix_it
     assert "does not hold this deployment's keys" in message
     assert "ztb broker import-keys" in message
     assert not (fresh / "ca.pem").exists(), "a CA was minted over an existing database"
+    migrated = ztb("broker", "migrate", "--data-dir", str(fresh), "--db", db)
+    assert migrated.returncode != 0
+    assert "ztb broker import-keys" in migrated.stderr
     other = tmp_path / "other"
     _bootstrap(other)  # keys of another deployment (its own SQLite)
     assert "does not hold this deployment's keys" in refused_start(other, db)
