@@ -69,6 +69,7 @@ class BrokerLab:
         self.broker_log = lab.run_dir / "broker.log"
         self._broker: subprocess.Popen[bytes] | None = None
         self.admin: Person | None = None
+        self.audit_public_key = ""  # printed at bootstrap: the operator keeps it elsewhere
 
     # ----------------------------------------------------------------- broker
     def bootstrap(self) -> Person:
@@ -81,7 +82,8 @@ class BrokerLab:
             ),
             timeout=CLI_TIMEOUT_S,
         ).stdout  # fmt: skip
-        token = json.loads(out)["token"]
+        printed = json.loads(out)
+        token, self.audit_public_key = printed["token"], printed["audit_public_key"]
         self.admin = Person("admin@lab.example", self.topo.host, token, self._home_dir("admin"))
         return self.admin
 

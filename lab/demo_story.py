@@ -8,6 +8,7 @@ prints what it did and a ✓ or ✗ per expectation; any ✗ makes the demo exit
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -183,8 +184,13 @@ def report_and_audit(plot: Plot) -> None:
     packets = sum(int(g["packets"]) for g in data["grants"])
     story.check("session.revoked" in report or "session.ended" in report, "timeline shows the end")
     story.check(packets > 0, f"counters from the router: {packets} packets on the grant")
-    verified = broker.ztb(plot.person("admin"), "audit", "verify").stdout.strip()
-    story.check(verified.startswith("audit chain ok"), verified)
+    saved = plot.person("owner").home / "report.json"  # the homeowner's witness copy
+    saved.write_text(json.dumps(data))
+    verified = broker.ztb(
+        plot.person("admin"), "audit", "verify",
+        "--public-key", broker.audit_public_key, "--against", str(saved),
+    ).stdout.strip()  # fmt: skip
+    story.check(verified.startswith("audit chain ok") and "pinned key" in verified, verified)
 
 
 def _time(text: str) -> float:
