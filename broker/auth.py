@@ -41,6 +41,7 @@ class Principal:
     id: str
     email: str
     role: str
+    token_id: str = ""  # the API token this request came with (tokens it mints die with it)
 
     @property
     def actor(self) -> str:
@@ -118,7 +119,14 @@ def broker_of(request: Request) -> Broker:
 # Built once: SQLAlchemy memoizes a statement's cache key, so a reused statement skips
 # both construction and key generation on the hot path.
 _TOKEN_OWNER = (
-    select(User.id, User.email, User.role, ApiToken.revoked_at, ApiToken.expires_at)
+    select(
+        User.id,
+        User.email,
+        User.role,
+        ApiToken.id.label("token_id"),
+        ApiToken.revoked_at,
+        ApiToken.expires_at,
+    )
     .join(ApiToken, ApiToken.user_id == User.id)
     .where(ApiToken.token_hash == bindparam("digest"))
 )
@@ -133,7 +141,7 @@ def principal_for_token(broker: Broker, token: str) -> Principal | None:
         return None
     if row.expires_at is not None and row.expires_at <= broker.clock():
         return None
-    return Principal(id=row.id, email=row.email, role=row.role)
+    return Principal(id=row.id, email=row.email, role=row.role, token_id=row.token_id)
 
 
 def current_user(request: Request) -> Principal:

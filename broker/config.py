@@ -7,6 +7,8 @@ from pathlib import Path
 
 from .db.engine import sqlite_url
 
+DEFAULT_MAX_TOKEN_TTL_S = 30 * 24 * 3600
+
 
 @dataclass(frozen=True, slots=True)
 class Settings:
@@ -17,6 +19,8 @@ class Settings:
     request_ttl_s: int = 24 * 3600  # an unanswered request expires after this
     api_token_ttl_s: int = 90 * 24 * 3600
     login_token_ttl_s: int = 12 * 3600
+    # The longest life a token minted through the API may ask for (``serve --max-token-ttl``).
+    max_token_ttl_s: int = DEFAULT_MAX_TOKEN_TTL_S
     longpoll_max_s: float = 60.0
     # Audit checkpoints: signed at least this often even with no new events (a heartbeat),
     # and ``verify`` wants the newest no older than the age, with at most so many events

@@ -14,7 +14,7 @@ from netpolicy import HomeNetwork, PolicyError, validate_device_ip, validate_lan
 from netpolicy.policy import HomePolicy
 from netpolicy.validation import parse_address, parse_network
 
-from . import agent_service
+from . import agent_service, stepup
 from .access import home_for, require_role
 from .auth import Principal
 from .context import Broker, UnitOfWork
@@ -153,13 +153,42 @@ def new_home(broker: Broker, principal: Principal, body: dict[str, Any]) -> dict
     return broker.run(work)
 
 
+def _weakened(home: Home, changes: dict[str, Any]) -> list[str]:
+    """Which of these changes lower the home's protection (they need step-up)."""
+    reasons = []
+    if changes.get("require_totp_for_approval") is False and home.require_totp_for_approval:
+        reasons.append("TOTP for approvals off")
+    # A first webhook only adds a notice; moving or removing one can silence the owner.
+    if "webhook_url" in changes and home.webhook_url and changes["webhook_url"] != home.webhook_url:
+        reasons.append("webhook moved or removed")
+    return reasons
+
+
+def _stepped_up(
+    uow: UnitOfWork, principal: Principal, proof: stepup.Proof, home: Home, what: list[str]
+) -> None:
+    """Step-up for a weakening change, its audit event, and the owner told (at the webhook
+    as it was before the change)."""
+    factor = stepup.require(uow, principal, proof, "home.weaken", home.id)
+    details = {"changes": what, "step_up": factor}
+    uow.audit(principal.actor, "home.protection_lowered", home.id, details)
+    stepup.tell_owner(uow, [home], "home.protection_lowered", principal.actor, details)
+
+
 def update_home(
-    broker: Broker, principal: Principal, home_ref: str, changes: dict[str, Any]
+    broker: Broker,
+    principal: Principal,
+    home_ref: str,
+    changes: dict[str, Any],
+    proof: stepup.Proof = stepup.NO_PROOF,
 ) -> dict[str, Any]:
-    """Endpoint, webhook and the TOTP rule for approvals; only the fields given change."""
+    """Endpoint, webhook and the TOTP rule for approvals; only the fields given change.
+    Lowering protection needs step-up (``broker.stepup``)."""
     _check_webhook(broker, changes.get("webhook_url"))
     with broker.unit_of_work() as uow:
         home = home_for(uow.db, principal, home_ref, "home.update")
+        if weakened := _weakened(home, changes):
+            _stepped_up(uow, principal, proof, home, weakened)
         if changes.get("endpoint") is not None:
             home.endpoint = validate_endpoint(changes["endpoint"])
         if "webhook_url" in changes:
@@ -171,11 +200,19 @@ def update_home(
 
 
 def set_policy(
-    uow: UnitOfWork, principal: Principal, home_ref: str, policy: dict[str, Any]
+    uow: UnitOfWork,
+    principal: Principal,
+    home_ref: str,
+    policy: dict[str, Any],
+    proof: stepup.Proof = stepup.NO_PROOF,
 ) -> dict[str, Any]:
-    """Replace the home's policy whole, as netpolicy reads it back."""
+    """Replace the home's policy whole, as netpolicy reads it back. A policy that admits
+    more than before (auto-approve rules, longer sessions, more people) needs step-up."""
     home = home_for(uow.db, principal, home_ref, "home.policy")
     stored = HomePolicy.from_dict(policy).to_dict()
+    before = HomePolicy.from_dict(home.policy or {}).to_dict()
+    if weakened := stepup.policy_weakened(before, stored):
+        _stepped_up(uow, principal, proof, home, weakened)
     home.policy = stored
     uow.audit(principal.actor, "home.policy_set", home.id, {"policy": stored})
     return stored

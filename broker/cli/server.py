@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from broker.config import Settings
+from broker.config import DEFAULT_MAX_TOKEN_TTL_S, Settings
 
 app = typer.Typer(
     help="Run or bootstrap the broker service.", no_args_is_help=True, add_completion=False
@@ -147,6 +147,15 @@ def serve(
             "By default webhooks go to public addresses only.",
         ),
     ] = None,
+    max_token_ttl: Annotated[
+        int,
+        typer.Option(
+            "--max-token-ttl",
+            envvar="ZTB_MAX_TOKEN_TTL",
+            min=60,
+            help="Longest life, in seconds, of a token minted through the API.",
+        ),
+    ] = DEFAULT_MAX_TOKEN_TTL_S,
 ) -> None:
     """Serve the API over HTTPS; agents authenticate with client certificates (mTLS)."""
     from broker.app import create_app
@@ -160,7 +169,11 @@ def serve(
         raise typer.BadParameter("give --cert and --key together", param_hint="--cert/--key")
     names = _tls_names(tls_name, agents[0] if agents else host, data_dir)
     settings = Settings(
-        data_dir=data_dir, db_url=db, tls_names=names, webhook_allow=_networks(webhook_allow)
+        data_dir=data_dir,
+        db_url=db,
+        tls_names=names,
+        webhook_allow=_networks(webhook_allow),
+        max_token_ttl_s=max_token_ttl,
     )
     prepare(settings)  # keys checked against the database; server cert current for the names
     listeners = plan_listeners(

@@ -54,6 +54,9 @@ class ApiToken(Base):
     created_at: Mapped[datetime]
     expires_at: Mapped[datetime | None]
     revoked_at: Mapped[datetime | None]
+    # The token that minted this one (None: made by sign-in, an admin or step-up). Revoking
+    # a token revokes everything it minted, and a child never outlives its parent.
+    parent_id: Mapped[str | None] = mapped_column(String(32), index=True)
 
 
 class Home(Base):

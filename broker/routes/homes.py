@@ -5,15 +5,15 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends, Request, Response
+from fastapi import APIRouter, Body, Request, Response
 
 from .. import homes_service as service
-from ..auth import Principal, broker_of, current_user
+from ..auth import broker_of
 from ..reads import homes
 from ..schemas import DevicePatch, HomePatch, NewDevice, NewHome, Ttl
+from .deps import Me, StepUp
 
 router = APIRouter(prefix="/v1/homes", tags=["homes"])
-Me = Annotated[Principal, Depends(current_user)]
 
 
 @router.post("", status_code=201)
@@ -34,17 +34,23 @@ def get_home(request: Request, principal: Me, home_ref: str) -> dict[str, Any]:
 
 
 @router.patch("/{home_ref}")
-def patch_home(request: Request, principal: Me, home_ref: str, body: HomePatch) -> dict[str, Any]:
+def patch_home(
+    request: Request, principal: Me, home_ref: str, body: HomePatch, proof: StepUp
+) -> dict[str, Any]:
     changes = body.model_dump(exclude_unset=True)
-    return service.update_home(broker_of(request), principal, home_ref, changes)
+    return service.update_home(broker_of(request), principal, home_ref, changes, proof)
 
 
 @router.put("/{home_ref}/policy")
 def put_policy(
-    request: Request, principal: Me, home_ref: str, body: Annotated[dict[str, Any], Body()]
+    request: Request,
+    principal: Me,
+    home_ref: str,
+    body: Annotated[dict[str, Any], Body()],
+    proof: StepUp,
 ) -> dict[str, Any]:
     with broker_of(request).unit_of_work() as uow:
-        return service.set_policy(uow, principal, home_ref, body)
+        return service.set_policy(uow, principal, home_ref, body, proof)
 
 
 @router.post("/{home_ref}/enroll-token", status_code=201)

@@ -3,17 +3,17 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Request, Response
 
 from .. import users_service as service
-from ..auth import Principal, broker_of, current_user
+from ..auth import broker_of
 from ..reads import people
 from ..schemas import Login, NewPassword, NewToken, NewUser, TotpCode
+from .deps import Me, StepUp
 
 router = APIRouter(prefix="/v1", tags=["identity"])
-Me = Annotated[Principal, Depends(current_user)]
 
 
 @router.get("/me")
@@ -24,16 +24,22 @@ def me(request: Request, principal: Me) -> dict[str, Any]:
 
 @router.post("/auth/login")
 def login(request: Request, body: Login) -> dict[str, Any]:
-    return broker_of(request).run(
-        lambda uow: service.login(uow, body.email, body.password, body.totp)
-    )
+    return service.login(broker_of(request), body.email, body.password, body.totp)
 
 
 @router.post("/me/password", status_code=204)
-def set_password(request: Request, principal: Me, body: NewPassword) -> Response:
+def set_password(request: Request, principal: Me, body: NewPassword, proof: StepUp) -> Response:
+    """Needs the current password (or a TOTP code) in the step-up header."""
     with broker_of(request).unit_of_work() as uow:
-        service.set_password(uow, principal, body.password)
+        service.set_password(uow, principal, body.password, proof)
     return Response(status_code=204)
+
+
+@router.post("/me/sign-out-everywhere")
+def sign_out_everywhere(request: Request, principal: Me) -> dict[str, int]:
+    """Revoke every token of mine (this one too) and all they minted."""
+    with broker_of(request).unit_of_work() as uow:
+        return service.sign_out_everywhere(uow, principal)
 
 
 @router.post("/me/totp")
@@ -63,9 +69,12 @@ def list_users(request: Request, principal: Me) -> dict[str, Any]:
 
 
 @router.post("/users/{user_id}/tokens", status_code=201)
-def new_token(request: Request, principal: Me, user_id: str, body: NewToken) -> dict[str, Any]:
+def new_token(
+    request: Request, principal: Me, user_id: str, body: NewToken, proof: StepUp
+) -> dict[str, Any]:
+    """Without step-up the token is a child of the calling one (dies with it)."""
     with broker_of(request).unit_of_work() as uow:
-        return service.new_token(uow, principal, user_id, body.name, body.ttl_s)
+        return service.new_token(uow, principal, user_id, body.name, body.ttl_s, proof)
 
 
 @router.get("/tokens")

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Form, Request, Response
 from fastapi.responses import RedirectResponse
 
-from broker import homes_service
+from broker import homes_service, stepup
 from broker.auth import broker_of
 from broker.reads import homes
 from broker.schemas import DevicePatch, NewDevice
@@ -134,9 +134,12 @@ def set_policy(
     technicians: Annotated[str, Form(max_length=8000)] = "",
     auto_approve: Annotated[str, Form(max_length=16000)] = "[]",
     require_totp: Annotated[str, Form(max_length=8)] = "",
+    step_up: Annotated[str, Form(max_length=1024)] = "",
 ) -> Response:
-    """Duration cap, who may ask, what needs no human, and TOTP for approvals, in one go."""
+    """Duration cap, who may ask, what needs no human, and TOTP for approvals, in one go;
+    what lets more in needs the step-up field (code or password)."""
     broker = broker_of(request)
+    proof = stepup.proof_for(broker, viewer, step_up.strip() or None)
     with broker.read() as db:
         home = homes.get_home(db, viewer, home_ref)
     policy = {
@@ -146,7 +149,7 @@ def set_policy(
         "auto_approve": _auto_rules(auto_approve),
     }
     with broker.unit_of_work() as uow:
-        homes_service.set_policy(uow, viewer, home["id"], policy)
+        homes_service.set_policy(uow, viewer, home["id"], policy, proof)
     changes = {"require_totp_for_approval": bool(require_totp)}
-    homes_service.update_home(broker, viewer, home["id"], changes)
+    homes_service.update_home(broker, viewer, home["id"], changes, proof)
     return _back(home["id"])

@@ -58,7 +58,7 @@ def sign_in(
     code = totp.strip() or None
     broker = broker_of(request)
     try:
-        issued = broker.run(lambda uow: users_service.login(uow, email, password, code))
+        issued = users_service.login(broker, email, password, code)
     except ApiError as exc:
         if exc.status != 401:
             raise
