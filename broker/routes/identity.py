@@ -11,6 +11,7 @@ from .. import users_service as service
 from ..auth import broker_of
 from ..reads import people
 from ..schemas import Login, NewPassword, NewToken, NewUser, TotpCode
+from ..sign_in import sign_in
 from .deps import Me, StepUp
 
 router = APIRouter(prefix="/v1", tags=["identity"])
@@ -23,8 +24,8 @@ def me(request: Request, principal: Me) -> dict[str, Any]:
 
 
 @router.post("/auth/login")
-def login(request: Request, body: Login) -> dict[str, Any]:
-    return service.login(broker_of(request), body.email, body.password, body.totp)
+async def login(request: Request, body: Login) -> dict[str, Any]:
+    return await sign_in(request, body.email, body.password, body.totp)
 
 
 @router.post("/me/password", status_code=204)

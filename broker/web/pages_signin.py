@@ -8,6 +8,7 @@ from typing import Annotated
 
 import segno
 from fastapi import APIRouter, Form, Request, Response
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import RedirectResponse
 
 from broker import users_service
@@ -15,6 +16,7 @@ from broker.auth import broker_of
 from broker.errors import ApiError
 from broker.reads import people
 from broker.schemas import TotpCode
+from broker.sign_in import sign_in
 
 from .deps import SignInRequired, Viewer, current_viewer
 from .render import cookie_policy, page
@@ -48,7 +50,7 @@ def login_form(request: Request, next: str = "/web/") -> Response:
 
 
 @router.post("/login")
-def sign_in(
+async def sign_in_page(
     request: Request,
     email: Annotated[str, Form(max_length=254)],
     password: Annotated[str, Form(max_length=1024)],
@@ -58,12 +60,12 @@ def sign_in(
     code = totp.strip() or None
     broker = broker_of(request)
     try:
-        issued = users_service.login(broker, email, password, code)
+        issued = await sign_in(request, email, password, code)
     except ApiError as exc:
         if exc.status != 401:
             raise
         if exc.denial is not None:
-            broker.record_denial(exc.denial)
+            await run_in_threadpool(broker.record_denial, exc.denial)
         context = {
             "title": "Sign in",
             "next": _safe_next(next),
