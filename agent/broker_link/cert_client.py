@@ -8,8 +8,6 @@ where httpx's weight does not matter; the daemon's long-poll and reports go thro
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import ssl
 from collections.abc import Mapping
 from types import TracebackType
@@ -19,6 +17,7 @@ import httpx
 
 from agent.broker_link.http_lite import BrokerLinkError, CertificateRejected, pinned_ssl_context
 from agent.state_dir import StateDir
+from ztb.ca_pin import FingerprintMismatch, PinError, pinned_ca_pem
 
 __all__ = [
     "BrokerLinkError",
@@ -50,20 +49,15 @@ def fetch_pinned_ca(
         timeout=10.0,
     ) as http:
         ca_pem = _json(_send(http, "GET", "/v1/agent/ca")).get("ca_pem")
-    text = str(ca_pem).strip()
-    if text.count("-----BEGIN") != 1:
-        raise BrokerLinkError("broker's /v1/agent/ca answer must hold exactly one PEM certificate")
     try:
-        der = ssl.PEM_cert_to_DER_cert(text)
-    except ValueError:
-        raise BrokerLinkError("broker's /v1/agent/ca answer holds no PEM certificate") from None
-    presented = hashlib.sha256(der).hexdigest()
-    if not hmac.compare_digest(presented, fingerprint.lower()):
+        return pinned_ca_pem(str(ca_pem), fingerprint)
+    except FingerprintMismatch as exc:
         raise PinMismatch(
-            f"broker CA fingerprint {presented} does not match the enrollment token's "
-            f"{fingerprint.lower()}: wrong broker URL, or someone is in the middle"
-        )
-    return ssl.DER_cert_to_PEM_cert(der)
+            f"broker CA fingerprint {exc.presented} does not match the enrollment token's "
+            f"{exc.pinned}: wrong broker URL, or someone is in the middle"
+        ) from None
+    except PinError as exc:
+        raise BrokerLinkError(f"broker's /v1/agent/ca answer {exc}") from None
 
 
 class CertificateClient:

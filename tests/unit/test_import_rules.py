@@ -94,6 +94,7 @@ RULES = [
     ("netpolicy", ("agent", "broker", "lab", "tests", "ztb"), "netpolicy is pure: stdlib only"),
     ("agent", ("broker", "lab", "tests"), "a router installs the agent without the broker"),
     ("broker", ("agent", "lab", "tests"), "the server never imports the router's daemon"),
+    ("ztb", ("agent", "broker", "lab", "tests"), "the people's client runs on a bare install"),
     ("broker.web", ("broker.routes",), "web pages use services and reads, not HTTP routes"),
     ("broker.routes", ("broker.web",), "HTTP routes know nothing of the web pages"),
 ]

@@ -1,21 +1,19 @@
 """Fetch the broker's CA certificate and trust it only if it matches a fingerprint.
 
 The first request cannot verify the server (no CA is trusted yet); the pin makes that
-safe, as it does for the agent's enrollment: someone in the middle can only serve a CA
-whose SHA-256 differs. The operator reads the fingerprint off the broker, e.g.
+safe (``ztb.ca_pin``, as for the agent's enrollment): someone in the middle can only serve
+a CA whose SHA-256 differs. The operator reads the fingerprint off the broker, e.g.
 ``openssl x509 -noout -fingerprint -sha256 -in DATA_DIR/ca.pem``, and hands it out with
 the broker URL.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import re
-import ssl
 
 import httpx
 
+from ztb.ca_pin import FingerprintMismatch, PinError, pinned_ca_pem
 from ztb.client import http as client_http
 from ztb.client.http import ClientError, SettingError, StatusError, TimedOut, Unreachable
 from ztb.exit_codes import ExitCode
@@ -54,7 +52,7 @@ def fetch_pinned_ca(broker_url: str, fingerprint: str) -> str:
         ) as http:
             response = http.get("/v1/agent/ca")
             response.raise_for_status()
-            text = str(response.json().get("ca_pem", "")).strip()
+            text = str(response.json().get("ca_pem", ""))
     except httpx.TimeoutException:
         raise TimedOut(f"the broker at {broker_url} did not answer in time") from None
     except httpx.HTTPStatusError as exc:
@@ -64,16 +62,12 @@ def fetch_pinned_ca(broker_url: str, fingerprint: str) -> str:
         raise Unreachable(f"cannot reach the broker at {broker_url}: {exc}") from None
     except (ValueError, AttributeError):
         raise ClientError(f"{broker_url} sent no JSON for its CA") from None
-    if text.count("-----BEGIN") != 1:
-        raise ClientError(f"{broker_url} did not answer with exactly one CA certificate")
     try:
-        der = ssl.PEM_cert_to_DER_cert(text)
-    except ValueError:
-        raise ClientError(f"{broker_url} answered with no PEM certificate") from None
-    presented = hashlib.sha256(der).hexdigest()
-    if not hmac.compare_digest(presented, pinned):
+        return pinned_ca_pem(text, pinned)
+    except FingerprintMismatch as exc:
         raise PinMismatch(
-            f"the broker's CA has fingerprint {presented}, not the pinned {pinned}: "
+            f"the broker's CA has fingerprint {exc.presented}, not the pinned {pinned}: "
             "wrong broker URL, or someone is in the middle"
-        )
-    return ssl.DER_cert_to_PEM_cert(der)
+        ) from None
+    except PinError as exc:
+        raise ClientError(f"the CA {broker_url} sent {exc}") from None
