@@ -23,6 +23,7 @@ from .validation import (
     validate_device_ip,
     validate_lan,
     validate_public_key,
+    validate_wireguard_key,
 )
 
 PROTOCOL_VERSION = 1
@@ -108,7 +109,7 @@ class LiveSession:
             raise PolicyError("session id must be 1-64 characters")
         validate_public_key(self.public_key)
         if self.preshared_key is not None:
-            validate_public_key(self.preshared_key)
+            validate_wireguard_key(self.preshared_key)
         if not self.grants:
             raise PolicyError(f"session {self.session_id} has no grants")
         if not 0 <= self.expires_in <= HARD_MAX_DURATION_S:

@@ -88,12 +88,41 @@ def validate_device_ip(ip: IPAddress, lan: IPNetwork, router_ip: IPAddress | Non
     return ip
 
 
-def validate_public_key(text: str) -> str:
-    """A WireGuard public key: 32 bytes, base64 with padding (as ``wg pubkey`` prints)."""
+# X25519 public values of small order, as libsodium's ``has_small_order`` lists them (the
+# last byte compared without its top bit, which X25519 ignores): 0, 1, the two points of
+# order 8, p-1, p and p+1. A peer key among them makes the Diffie-Hellman result a known
+# value (all zeros for most), so the handshake's secrecy would rest on the PSK alone.
+_LOW_ORDER_POINTS = frozenset(
+    bytes.fromhex(point)
+    for point in (
+        "0000000000000000000000000000000000000000000000000000000000000000",
+        "0100000000000000000000000000000000000000000000000000000000000000",
+        "e0eb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b800",
+        "5f9c95bca3508c24b1d0b1559c83ef5b04445cc4581c8e86d8224eddd09f1157",
+        "ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+        "edffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+        "eeffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",
+    )
+)
+
+
+def validate_wireguard_key(text: str) -> bytes:
+    """Any WireGuard key (private, public, preshared): 32 bytes in padded base64, as ``wg``
+    prints them. Returns the bytes."""
     try:
         raw = base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError):
+    except (binascii.Error, ValueError, TypeError):
         raise PolicyError("WireGuard key must be base64") from None
     if len(raw) != 32 or len(text) != 44:
         raise PolicyError("WireGuard key must be 32 bytes in base64 (44 characters)")
+    return raw
+
+
+def validate_public_key(text: str) -> str:
+    """A WireGuard public key (as ``wg pubkey`` prints it) that is not a low-order point."""
+    raw = validate_wireguard_key(text)
+    if raw[:31] + bytes([raw[31] & 0x7F]) in _LOW_ORDER_POINTS:
+        raise PolicyError(
+            "WireGuard public key is a low-order point (such as all zeros): no key pair has it"
+        )
     return text

@@ -112,6 +112,7 @@ REQUEST_CASES = [
     ({"duration_s": "1h"}, "duration_s"),
     ({"public_key": "not-a-key"}, "key"),
     ({"public_key": "A" * 42 + "=="}, "key"),  # base64, but 31 bytes
+    ({"public_key": "A" * 43 + "="}, "low-order"),  # all zeros: no key pair has it
     ({"reason": ""}, "reason"),
     ({"home": "bert-flat"}, "not found"),
     ({"home": "nowhere"}, "not found"),

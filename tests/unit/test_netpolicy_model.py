@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import copy
 from ipaddress import IPv4Address, ip_address
 from typing import Any
@@ -22,6 +23,7 @@ from netpolicy import (
     validate_public_key,
 )
 from netpolicy.grants import parse_ip
+from netpolicy.validation import validate_wireguard_key
 from tests.golden import load_json
 
 KEY = "xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg="
@@ -188,6 +190,39 @@ def test_home_network_refuses_tiny_lan() -> None:
 
 def test_public_key_accepts_wg_format() -> None:
     assert validate_public_key(KEY) == KEY
+
+
+LOW_ORDER = [
+    "0000000000000000000000000000000000000000000000000000000000000000",  # 0
+    "0100000000000000000000000000000000000000000000000000000000000000",  # 1
+    "e0eb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b800",  # order 8
+    "5f9c95bca3508c24b1d0b1559c83ef5b04445cc4581c8e86d8224eddd09f1157",  # order 8
+    "ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",  # p - 1
+    "edffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",  # p = 0
+    "eeffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",  # p + 1 = 1
+    "0000000000000000000000000000000000000000000000000000000000000080",  # 0, top bit set
+    "5f9c95bca3508c24b1d0b1559c83ef5b04445cc4581c8e86d8224eddd09f11d7",  # top bit set
+    "eeffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff",  # top bit set
+]
+
+
+@pytest.mark.parametrize("point", LOW_ORDER)
+def test_low_order_public_keys_are_refused(point: str) -> None:
+    """X25519 with these gives a known shared value: libsodium refuses the same list."""
+    text = base64.b64encode(bytes.fromhex(point)).decode()
+    with pytest.raises(PolicyError, match="low-order"):
+        validate_public_key(text)
+    assert validate_wireguard_key(text) == bytes.fromhex(point)  # a fine PSK shape
+    with pytest.raises(PolicyError, match="low-order"):
+        grant = Grant(IPv4Address("192.168.1.20"), "tcp", PortRange.single(443))
+        LiveSession("s", text, IPv4Address("100.96.1.2"), (grant,), 60)
+
+
+def test_neighbours_of_low_order_points_are_ordinary_keys() -> None:
+    for point in LOW_ORDER[:7]:
+        raw = bytearray(bytes.fromhex(point))
+        raw[5] ^= 1
+        assert validate_public_key(base64.b64encode(raw).decode())
 
 
 @pytest.mark.parametrize(
