@@ -1,11 +1,15 @@
 """The usual approach, as the baseline to beat: one linear rule per grant.
 
 This is what most WireGuard managers do: each grant becomes
-``ip saddr T ip daddr D meta l4proto P th dport N accept`` in one chain, and any change
-rebuilds that chain. It is given its best realistic form: the whole chain is flushed and
-refilled in one atomic libnftables JSON transaction (not one ``nft`` process per rule),
-and everything else is ztb's own skeleton, so both allow exactly the same tuples, check
-every packet from the tunnel, and drop the rest.
+``ip saddr T ip daddr D meta l4proto P th dport N accept`` in one chain, and everything
+else is ztb's own skeleton, so both allow exactly the same tuples, check every packet
+from the tunnel, and drop the rest. A change is made in one of two ways, both measured:
+
+* **full reload**: the whole chain is flushed and refilled in one atomic libnftables JSON
+  transaction (not one ``nft`` process per rule): what most managers do;
+* **incremental** (``lab.bench.incremental``): a careful manager inserts one rule before
+  the chain's final drop and deletes one rule by the handle it kept; the packet path (a
+  linear scan) is the same.
 """
 
 from __future__ import annotations
@@ -16,29 +20,45 @@ from typing import Any
 from netpolicy import nft
 from netpolicy.nft import Command, ElementKey
 
+_GRANT_CHAIN = {"family": nft.FAMILY, "table": nft.TABLE, "chain": nft.CHAIN_FROM_TUNNEL}
+
 
 def _rule(*expr: dict[str, Any]) -> Command:
-    rule = {"family": nft.FAMILY, "table": nft.TABLE, "chain": nft.CHAIN_FROM_TUNNEL}
-    return {"add": {"rule": {**rule, "expr": list(expr)}}}
+    return {"add": {"rule": {**_GRANT_CHAIN, "expr": list(expr)}}}
 
 
 def _match(left: dict[str, Any], right: Any) -> dict[str, Any]:
     return {"match": {"op": "==", "left": left, "right": right}}
 
 
-def grant_rule(key: ElementKey) -> Command:
-    """The linear rule that allows exactly what one ztb set element allows."""
+def _grant_expr(key: ElementKey) -> list[dict[str, Any]]:
     ip = "ip" if key.family == 4 else "ip6"
     port: int | dict[str, list[int]] = (
         key.first if key.first == key.last else {"range": [key.first, key.last]}
     )
-    return _rule(
+    return [
         _match({"payload": {"protocol": ip, "field": "saddr"}}, key.tunnel_ip),
         _match({"payload": {"protocol": ip, "field": "daddr"}}, key.device_ip),
         _match({"meta": {"key": "l4proto"}}, key.proto),
         _match({"payload": {"protocol": "th", "field": "dport"}}, port),
         {"accept": None},
-    )
+    ]
+
+
+def grant_rule(key: ElementKey) -> Command:
+    """The linear rule that allows exactly what one ztb set element allows."""
+    return _rule(*_grant_expr(key))
+
+
+def insert_before(handle: int, key: ElementKey) -> Command:
+    """The incremental manager's add: ``key``'s rule, placed just before rule ``handle``
+    (the chain's final drop), so the chain keeps session order and still ends in drop."""
+    return {"insert": {"rule": {**_GRANT_CHAIN, "handle": handle, "expr": _grant_expr(key)}}}
+
+
+def delete_rule(handle: int) -> Command:
+    """The incremental manager's remove: one rule, by the handle the kernel gave it."""
+    return {"delete": {"rule": {**_GRANT_CHAIN, "handle": handle}}}
 
 
 def reload_commands(keys: Iterable[ElementKey]) -> list[Command]:

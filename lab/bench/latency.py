@@ -1,9 +1,12 @@
 """New-connection latency through a router holding N live grants.
 
-Three identical client -> router -> server paths, one per firewall: ztb's sets, the
-baseline's linear chain, and none at all. The client's probe addresses have two grants:
-probe 0 (tcp/8080) is the *last* session, so its rule is the last of the baseline chain
-(the worst case for a linear scan), and probe 1 (tcp/8081) sits in the middle. Rounds
+Four identical client -> router -> server paths, one per firewall: ztb's sets, the
+baseline's linear chain loaded in one transaction (as the full-reload manager leaves it),
+the same chain kept by the incremental manager (loaded at start-up, then the newest
+session inserted before the final drop by handle), and none at all. The client's probe
+addresses have two grants: probe 0 (tcp/8080) is the *last* session, so its rule is the
+last of each chain (the worst case for a linear scan), and probe 1 (tcp/8081) sits in the
+middle. Rounds
 interleave every series so machine noise lands on all of them alike. Each sample is
 ``time.perf_counter`` around connect + first byte, taken inside the client namespace.
 """
@@ -19,14 +22,17 @@ from dataclasses import dataclass
 from agent.nftables.backend import LibNftables
 from lab import netns
 from netpolicy import nft
-from netpolicy.nft import Command, ElementDiff
+from netpolicy.nft import ElementDiff
 
 from . import baseline, rig, workload
+from .incremental import IncrementalChain
 from .modes import Mode
 from .results import Figure, Measurement, Ratio
 from .stats import Summary
 
 END_PORT, MIDDLE_PORT, UNGRANTED_PORT = 8080, 8081, 8082
+RELOAD_END = "baseline chain, full reload, grant at end (rule N)"
+INCREMENTAL_END = "baseline chain, incremental, grant at end (rule N, inserted by handle)"
 CONNECT_TIMEOUT_S = 1.0
 BLOCKED_TIMEOUT_S = 0.3
 GAP_S = 0.002
@@ -40,7 +46,7 @@ class Series:
     port: int
 
 
-def _tables(kind: str, n: int, interface: str) -> list[Command]:
+def _load(kind: str, n: int, router: str, interface: str) -> None:
     """The firewall of one path with ``n`` grants, probes at the end and the middle."""
     fillers = max(0, n - 2)
     state = workload.home(
@@ -48,12 +54,17 @@ def _tables(kind: str, n: int, interface: str) -> list[Command]:
         {fillers // 2: workload.probe(1, MIDDLE_PORT), fillers + 1: workload.probe(0, END_PORT)},
     )
     elements = workload.elements(state)
-    if kind == "ztb":
-        diff = ElementDiff(add=elements, delete=frozenset())
-        return nft.table_commands(interface) + nft.diff_commands(diff)
-    if kind == "baseline":
-        return baseline.table_commands(interface, elements)
-    return []
+    with netns.inside(router):
+        if kind == "ztb":
+            diff = ElementDiff(add=elements, delete=frozenset())
+            LibNftables().run(nft.table_commands(interface) + nft.diff_commands(diff))
+        elif kind == "reload":
+            LibNftables().run(baseline.table_commands(interface, elements))
+        elif kind == "incremental":
+            *loaded, newest = elements
+            chain = IncrementalChain()
+            chain.load(interface, loaded)
+            chain.add(newest)
 
 
 def connect_once(client: str, probe: int, port: int, timeout: float) -> float:
@@ -82,12 +93,9 @@ def _paths(mode: Mode, prefix: str) -> Iterator[dict[str, rig.Path]]:
     ports = [END_PORT, MIDDLE_PORT, UNGRANTED_PORT]
     with ExitStack() as stack:
         paths: dict[str, rig.Path] = {}
-        for kind, tag in (("ztb", "lz"), ("baseline", "lb"), ("none", "ln")):
+        for kind, tag in (("ztb", "lz"), ("reload", "lb"), ("incremental", "li"), ("none", "ln")):
             p = stack.enter_context(rig.path(prefix, tag, probes=2))
-            commands = _tables(kind, mode.latency_grants, p.tunnel_if)
-            if commands:
-                backend: LibNftables = rig.nft_in(p.router)
-                backend.run(commands)
+            _load(kind, mode.latency_grants, p.router, p.tunnel_if)
             stack.enter_context(rig.tcp_server(p.server, ports, mode.latency_seconds + 120))
             paths[kind] = p
         rig.settle()
@@ -125,11 +133,15 @@ def measure(mode: Mode, prefix: str) -> Measurement:
     series = [
         Series("no firewall, end tuple", "none", 0, END_PORT),
         Series("ztb sets, grant at end", "ztb", 0, END_PORT),
-        Series("baseline chain, grant at end (rule N)", "baseline", 0, END_PORT),
+        Series(RELOAD_END, "reload", 0, END_PORT),
+        Series(INCREMENTAL_END, "incremental", 0, END_PORT),
         Series("no firewall, middle tuple", "none", 1, MIDDLE_PORT),
         Series("ztb sets, grant in middle", "ztb", 1, MIDDLE_PORT),
-        Series(f"baseline chain, grant in middle (rule ~{n // 2:,})", "baseline", 1, MIDDLE_PORT),
-    ]
+        Series(f"baseline chain, full reload, grant in middle (rule ~{n // 2:,})", "reload", 1,
+               MIDDLE_PORT),
+        Series(f"baseline chain, incremental, grant in middle (rule ~{n // 2:,})",
+               "incremental", 1, MIDDLE_PORT),
+    ]  # fmt: skip
     with _paths(mode, prefix) as paths:
         checks = _check_semantics(paths)
         samples: dict[str, list[float]] = {s.name: [] for s in series}
@@ -161,7 +173,7 @@ def measure(mode: Mode, prefix: str) -> Measurement:
         m.figures.append(Figure(name, "us", summary))
     none = summaries["no firewall, end tuple"]
     ztb_end = summaries["ztb sets, grant at end"]
-    base_end = summaries["baseline chain, grant at end (rule N)"]
+    reload_end, incremental_end = summaries[RELOAD_END], summaries[INCREMENTAL_END]
     m.ratios += [
         Ratio(
             "ztb / no firewall, median connect (end tuple)",
@@ -171,6 +183,10 @@ def measure(mode: Mode, prefix: str) -> Measurement:
             1.1,
         ),
         Ratio("ztb / no firewall, p99 connect (end tuple)", ztb_end.p99 / none.p99),
-        Ratio("baseline (end) / ztb, median connect", base_end.median / ztb_end.median),
+        Ratio("full-reload chain (end) / ztb, median connect", reload_end.median / ztb_end.median),
+        Ratio(
+            "incremental chain (end) / ztb, median connect",
+            incremental_end.median / ztb_end.median,
+        ),
     ]
     return m

@@ -9,7 +9,8 @@ from __future__ import annotations
 from ipaddress import ip_address
 from typing import Any
 
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
 from lab.bench import baseline, workload
 from netpolicy import nft
@@ -44,14 +45,48 @@ def _matches(packet: Packet, match: dict[str, Any]) -> bool:
     return bool(seen == right)
 
 
+class GrantChain:
+    """A model of the kernel's grant chain: rules in order, each with its handle."""
+
+    def __init__(self) -> None:
+        self.rules: list[tuple[int, list[dict[str, Any]]]] = []
+        self.next_handle = 1
+
+    def apply(self, commands: list[dict[str, Any]]) -> list[int]:
+        """Run commands on the grant chain; the handles of the rules made, in order."""
+        made: list[int] = []
+        for command in commands:
+            ((verb, body),) = command.items()
+            if verb == "flush" and body["chain"]["name"] == nft.CHAIN_FROM_TUNNEL:
+                self.rules = []
+            rule = body.get("rule", {})
+            if rule.get("chain") != nft.CHAIN_FROM_TUNNEL:
+                continue
+            if verb == "delete":
+                assert rule["handle"] in self.handles(), "deleting a missing rule aborts"
+                self.rules = [r for r in self.rules if r[0] != rule["handle"]]
+                continue
+            position = len(self.rules)
+            if verb == "insert":
+                position = self.handles().index(rule["handle"])  # before that rule
+            self.rules.insert(position, (self.next_handle, rule["expr"]))
+            made.append(self.next_handle)
+            self.next_handle += 1
+        return made
+
+    def handles(self) -> list[int]:
+        return [handle for handle, _ in self.rules]
+
+
 def baseline_verdict(commands: list[dict[str, Any]], packet: Packet) -> str:
+    chain = GrantChain()
+    chain.apply(commands)
+    return chain_verdict(chain, packet)
+
+
+def chain_verdict(chain: GrantChain, packet: Packet) -> str:
     """Walk the grant chain as the kernel would: first terminal verdict wins."""
-    rules = [
-        c["add"]["rule"]["expr"]
-        for c in commands
-        if c.get("add", {}).get("rule", {}).get("chain") == nft.CHAIN_FROM_TUNNEL
-    ]
-    for expr in rules:
+    for _, expr in chain.rules:
         *conditions, verdict = expr
         tests = [e["match"] for e in conditions if "match" in e]
         assert all(set(e) <= {"match", "counter"} for e in conditions), expr
@@ -89,6 +124,34 @@ def assert_same_policy(elements: dict[ElementKey, int]) -> None:
     commands = baseline.table_commands("wg0", elements)
     for packet in packets_around(elements):
         assert baseline_verdict(commands, packet) == ztb_verdict(elements, packet), packet
+
+
+def assert_chain_allows(chain: GrantChain, elements: dict[ElementKey, int]) -> None:
+    for packet in packets_around(elements):
+        assert chain_verdict(chain, packet) == ztb_verdict(elements, packet), packet
+
+
+@settings(max_examples=100, deadline=None)
+@given(states(), st.data())
+def test_incremental_changes_keep_the_same_verdicts(
+    b: tuple[DesiredState, dict[str, float]], data: st.DataObject
+) -> None:
+    """One rule inserted before the drop, or deleted by handle: the chain then allows
+    exactly what ztb's sets allow after the same change."""
+    elements = nft.desired_elements(*b)
+    keys = list(elements)
+    assume(keys)
+    newest = data.draw(st.sampled_from(keys))
+    before = {k: t for k, t in elements.items() if k != newest}
+    chain = GrantChain()
+    handles = dict(zip(before, chain.apply(baseline.reload_commands(before)), strict=False))
+    drop = chain.handles()[-1]
+    [handles[newest]] = chain.apply([baseline.insert_before(drop, newest)])
+    assert_chain_allows(chain, elements)
+    gone = data.draw(st.sampled_from(keys))
+    chain.apply([baseline.delete_rule(handles[gone])])
+    assert_chain_allows(chain, {k: t for k, t in elements.items() if k != gone})
+    assert chain.handles()[-1] == drop, "the chain still ends in its drop rule"
 
 
 def test_golden_state_has_the_same_verdicts() -> None:
