@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.prerequisites import missing_tools, unavailable
+
 LAB_TOOLS = ("ip", "nft", "wg", "wg-quick", "wireguard-go")
 
 
 def lab_prerequisites_missing() -> list[str]:
-    missing = [tool for tool in LAB_TOOLS if shutil.which(tool) is None]
+    missing = missing_tools(LAB_TOOLS)
     if os.geteuid() != 0:
         missing.append("root")
     if not Path("/dev/net/tun").exists():
@@ -22,15 +23,13 @@ def lab_prerequisites_missing() -> list[str]:
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
-    if item.get_closest_marker("lab") is None:
-        return
-    missing = lab_prerequisites_missing()
-    if not missing:
-        return
-    message = f"lab test needs: {', '.join(missing)}"
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"{message} (CI=true: lab tests must run, not skip)", pytrace=False)
-    pytest.skip(message)
+    """``lab`` tests need root and the lab's tools; ``tools(...)`` tests need those
+    programs. Missing ones skip locally and fail under CI=true (``tests.prerequisites``)."""
+    missing = [tool for marker in item.iter_markers("tools") for tool in missing_tools(marker.args)]
+    if item.get_closest_marker("lab") is not None:
+        missing += [name for name in lab_prerequisites_missing() if name not in missing]
+    if missing:
+        unavailable(f"test needs: {', '.join(missing)}")
 
 
 @pytest.fixture(autouse=True)

@@ -7,9 +7,12 @@ from the tunnel, and drop the rest. A change is made in one of two ways, both me
 
 * **full reload**: the whole chain is flushed and refilled in one atomic libnftables JSON
   transaction (not one ``nft`` process per rule): what most managers do;
-* **incremental** (``lab.bench.incremental``): a careful manager inserts one rule before
-  the chain's final drop and deletes one rule by the handle it kept; the packet path (a
-  linear scan) is the same.
+* **incremental** (``lab.bench.incremental``): a careful manager appends one rule and
+  deletes one rule by the handle it kept; the packet path (a linear scan) is the same.
+
+The grant rules live in a chain of their own (``grant_rules``), which ztb's
+``from_tunnel`` chain jumps to before its final drop, so a new rule can be appended
+without a position.
 """
 
 from __future__ import annotations
@@ -20,11 +23,13 @@ from typing import Any
 from netpolicy import nft
 from netpolicy.nft import Command, ElementKey
 
-_GRANT_CHAIN = {"family": nft.FAMILY, "table": nft.TABLE, "chain": nft.CHAIN_FROM_TUNNEL}
+GRANT_RULES = "grant_rules"
+_GRANT_CHAIN = {"family": nft.FAMILY, "table": nft.TABLE, "chain": GRANT_RULES}
 
 
-def _rule(*expr: dict[str, Any]) -> Command:
-    return {"add": {"rule": {**_GRANT_CHAIN, "expr": list(expr)}}}
+def _rule(*expr: dict[str, Any], chain: str = GRANT_RULES) -> Command:
+    return {"add": {"rule": {"family": nft.FAMILY, "table": nft.TABLE, "chain": chain,
+                             "expr": list(expr)}}}  # fmt: skip
 
 
 def _match(left: dict[str, Any], right: Any) -> dict[str, Any]:
@@ -50,25 +55,15 @@ def grant_rule(key: ElementKey) -> Command:
     return _rule(*_grant_expr(key))
 
 
-def insert_before(handle: int, key: ElementKey) -> Command:
-    """The incremental manager's add: ``key``'s rule, placed just before rule ``handle``
-    (the chain's final drop), so the chain keeps session order and still ends in drop."""
-    return {"insert": {"rule": {**_GRANT_CHAIN, "handle": handle, "expr": _grant_expr(key)}}}
-
-
 def delete_rule(handle: int) -> Command:
     """The incremental manager's remove: one rule, by the handle the kernel gave it."""
     return {"delete": {"rule": {**_GRANT_CHAIN, "handle": handle}}}
 
 
 def reload_commands(keys: Iterable[ElementKey]) -> list[Command]:
-    """Flush and refill the grant chain, ending in ztb's default drop: one transaction."""
-    chain = {"family": nft.FAMILY, "table": nft.TABLE, "name": nft.CHAIN_FROM_TUNNEL}
-    return [
-        {"flush": {"chain": chain}},
-        *(grant_rule(key) for key in keys),
-        _rule({"counter": None}, {"drop": None}),
-    ]
+    """Flush and refill the grant chain: one transaction."""
+    chain = {"family": nft.FAMILY, "table": nft.TABLE, "name": GRANT_RULES}
+    return [{"flush": {"chain": chain}}, *(grant_rule(key) for key in keys)]
 
 
 def _is_set_or_lookup(command: Command) -> bool:
@@ -77,6 +72,12 @@ def _is_set_or_lookup(command: Command) -> bool:
 
 
 def table_commands(interface: str, keys: Iterable[ElementKey]) -> list[Command]:
-    """ztb's skeleton without its sets and set lookups, with one rule per grant instead."""
+    """ztb's skeleton without its sets and set lookups: ``from_tunnel`` jumps to the grant
+    rules, then drops (ztb's default drop), as ztb's chain drops after its lookups."""
     skeleton = [c for c in nft.table_commands(interface) if not _is_set_or_lookup(c)]
-    return skeleton + reload_commands(keys)
+    from_tunnel = [
+        {"add": {"chain": {"family": nft.FAMILY, "table": nft.TABLE, "name": GRANT_RULES}}},
+        _rule({"jump": {"target": GRANT_RULES}}, chain=nft.CHAIN_FROM_TUNNEL),
+        _rule({"counter": None}, {"drop": None}, chain=nft.CHAIN_FROM_TUNNEL),
+    ]
+    return skeleton + from_tunnel + reload_commands(keys)

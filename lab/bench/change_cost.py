@@ -60,6 +60,9 @@ class Changer(Protocol):
 
     def remove(self, key: ElementKey) -> None: ...
 
+    def check(self) -> None:
+        """Raise if the kernel does not hold what the changer believes (never timed)."""
+
 
 @dataclass(frozen=True, slots=True)
 class _Commands:
@@ -74,6 +77,9 @@ class _Commands:
 
     def remove(self, key: ElementKey) -> None:
         self.backend.run(self.build_remove(key))
+
+    def check(self) -> None:
+        """Nothing to compare: these changes name no handles."""
 
 
 def _ztb(keys: Keys, widen: Callable[[ElementKey], ElementKey]) -> Changer:
@@ -136,7 +142,7 @@ VARIANTS = (
     ),
     Variant(
         INCREMENTAL,
-        "baseline, incremental (one rule by handle)",
+        "baseline, incremental (append one rule, delete one by handle)",
         _incremental,
         lambda mode: mode.change_trials,
     ),
@@ -152,7 +158,7 @@ def _timed(call: Callable[[], object]) -> float:
 def _is_grant_rule(item: dict[str, Any]) -> bool:
     """A baseline grant rule: accepts on a literal source address, not a set lookup."""
     rule = item.get("rule", {})
-    if rule.get("chain") != nft.CHAIN_FROM_TUNNEL or {"accept": None} not in rule["expr"]:
+    if rule.get("chain") != baseline.GRANT_RULES or {"accept": None} not in rule["expr"]:
         return False
     right = rule["expr"][0].get("match", {}).get("right")
     return isinstance(right, str) and not right.startswith("@")
@@ -181,6 +187,9 @@ def _series(variant: Variant, n: int, prefix: str, mode: Mode) -> tuple[Summary,
             return added
 
         adds = bounded_trials(trial, variant.trials(mode), mode.series_seconds)
+        firewall.check()
+        if (live := _live_count(backend)) != n:
+            raise RuntimeError(f"{variant.key}: kernel holds {live} grants after, not {n}")
     return Summary.of(adds).scaled(1e3), Summary.of(removes).scaled(1e3)
 
 

@@ -3,7 +3,7 @@
 Four identical client -> router -> server paths, one per firewall: ztb's sets, the
 baseline's linear chain loaded in one transaction (as the full-reload manager leaves it),
 the same chain kept by the incremental manager (loaded at start-up, then the newest
-session inserted before the final drop by handle), and none at all. The client's probe
+session appended by one rule), and none at all. The client's probe
 addresses have two grants: probe 0 (tcp/8080) is the *last* session, so its rule is the
 last of each chain (the worst case for a linear scan), and probe 1 (tcp/8081) sits in the
 middle. Rounds
@@ -32,7 +32,7 @@ from .stats import Summary
 
 END_PORT, MIDDLE_PORT, UNGRANTED_PORT = 8080, 8081, 8082
 RELOAD_END = "baseline chain, full reload, grant at end (rule N)"
-INCREMENTAL_END = "baseline chain, incremental, grant at end (rule N, inserted by handle)"
+INCREMENTAL_END = "baseline chain, incremental, grant at end (rule N, appended)"
 CONNECT_TIMEOUT_S = 1.0
 BLOCKED_TIMEOUT_S = 0.3
 GAP_S = 0.002
@@ -65,6 +65,7 @@ def _load(kind: str, n: int, router: str, interface: str) -> None:
             chain = IncrementalChain()
             chain.load(interface, loaded)
             chain.add(newest)
+            chain.check()
 
 
 def connect_once(client: str, probe: int, port: int, timeout: float) -> float:

@@ -46,10 +46,12 @@ def _matches(packet: Packet, match: dict[str, Any]) -> bool:
 
 
 class GrantChain:
-    """A model of the kernel's grant chain: rules in order, each with its handle."""
+    """A model of the kernel's grant chain: rules in order, each with its handle; it also
+    checks that ``from_tunnel`` jumps to it and then drops."""
 
     def __init__(self) -> None:
         self.rules: list[tuple[int, list[dict[str, Any]]]] = []
+        self.from_tunnel: list[list[dict[str, Any]]] = []
         self.next_handle = 1
 
     def apply(self, commands: list[dict[str, Any]]) -> list[int]:
@@ -57,19 +59,19 @@ class GrantChain:
         made: list[int] = []
         for command in commands:
             ((verb, body),) = command.items()
-            if verb == "flush" and body["chain"]["name"] == nft.CHAIN_FROM_TUNNEL:
+            if verb == "flush" and body["chain"]["name"] == baseline.GRANT_RULES:
                 self.rules = []
             rule = body.get("rule", {})
-            if rule.get("chain") != nft.CHAIN_FROM_TUNNEL:
+            if rule.get("chain") == nft.CHAIN_FROM_TUNNEL:
+                self.from_tunnel.append(rule["expr"])
+            if rule.get("chain") != baseline.GRANT_RULES:
                 continue
             if verb == "delete":
                 assert rule["handle"] in self.handles(), "deleting a missing rule aborts"
                 self.rules = [r for r in self.rules if r[0] != rule["handle"]]
                 continue
-            position = len(self.rules)
-            if verb == "insert":
-                position = self.handles().index(rule["handle"])  # before that rule
-            self.rules.insert(position, (self.next_handle, rule["expr"]))
+            assert verb == "add" and "handle" not in rule, "appended, never placed"
+            self.rules.append((self.next_handle, rule["expr"]))
             made.append(self.next_handle)
             self.next_handle += 1
         return made
@@ -85,7 +87,10 @@ def baseline_verdict(commands: list[dict[str, Any]], packet: Packet) -> str:
 
 
 def chain_verdict(chain: GrantChain, packet: Packet) -> str:
-    """Walk the grant chain as the kernel would: first terminal verdict wins."""
+    """Walk the grant chain as the kernel would (first terminal verdict wins); without
+    one, ``from_tunnel`` continues after its jump, to its drop."""
+    jump = {"jump": {"target": baseline.GRANT_RULES}}
+    assert chain.from_tunnel == [[jump], [{"counter": None}, {"drop": None}]]
     for _, expr in chain.rules:
         *conditions, verdict = expr
         tests = [e["match"] for e in conditions if "match" in e]
@@ -93,7 +98,7 @@ def chain_verdict(chain: GrantChain, packet: Packet) -> str:
         if all(_matches(packet, t) for t in tests):
             ((name, _),) = verdict.items()
             return str(name)
-    return "fall-through"
+    return "drop"
 
 
 def ztb_verdict(elements: dict[ElementKey, int], packet: Packet) -> str:
@@ -136,22 +141,20 @@ def assert_chain_allows(chain: GrantChain, elements: dict[ElementKey, int]) -> N
 def test_incremental_changes_keep_the_same_verdicts(
     b: tuple[DesiredState, dict[str, float]], data: st.DataObject
 ) -> None:
-    """One rule inserted before the drop, or deleted by handle: the chain then allows
-    exactly what ztb's sets allow after the same change."""
+    """One rule appended, or deleted by handle: the chain then allows exactly what ztb's
+    sets allow after the same change."""
     elements = nft.desired_elements(*b)
     keys = list(elements)
     assume(keys)
     newest = data.draw(st.sampled_from(keys))
     before = {k: t for k, t in elements.items() if k != newest}
     chain = GrantChain()
-    handles = dict(zip(before, chain.apply(baseline.reload_commands(before)), strict=False))
-    drop = chain.handles()[-1]
-    [handles[newest]] = chain.apply([baseline.insert_before(drop, newest)])
+    handles = dict(zip(before, chain.apply(baseline.table_commands("wg0", before)), strict=True))
+    [handles[newest]] = chain.apply([baseline.grant_rule(newest)])
     assert_chain_allows(chain, elements)
     gone = data.draw(st.sampled_from(keys))
     chain.apply([baseline.delete_rule(handles[gone])])
     assert_chain_allows(chain, {k: t for k, t in elements.items() if k != gone})
-    assert chain.handles()[-1] == drop, "the chain still ends in its drop rule"
 
 
 def test_golden_state_has_the_same_verdicts() -> None:
@@ -168,21 +171,25 @@ def test_random_states_have_the_same_verdicts(b: tuple[DesiredState, dict[str, f
 
 def test_chain_keeps_session_order_and_ends_in_drop() -> None:
     elements = workload.elements(workload.home(5, {2: workload.probe(0, 8080)}))
-    rules = [c["add"]["rule"] for c in baseline.reload_commands(elements) if "add" in c]
-    sources = [r["expr"][0]["match"]["right"] for r in rules[:-1]]
+    chain = GrantChain()
+    chain.apply(baseline.table_commands("wg0", elements))
+    sources = [expr[0]["match"]["right"] for _, expr in chain.rules]
     assert sources == [k.tunnel_ip for k in elements]
     assert sources[2] == str(workload.probe_tunnel_ip(0))
-    assert rules[-1]["expr"] == [{"counter": None}, {"drop": None}]
+    assert chain.from_tunnel[-1] == [{"counter": None}, {"drop": None}]
 
 
 def test_everything_but_the_grant_chain_is_ztbs_own_skeleton() -> None:
+    grant_chains = (nft.CHAIN_FROM_TUNNEL, baseline.GRANT_RULES)
+
     def outside_grant_chain(commands: list[dict[str, Any]]) -> list[dict[str, Any]]:
         return [
             c
             for c in commands
             if "set" not in c.get("add", {})
-            and c.get("add", {}).get("rule", {}).get("chain") != nft.CHAIN_FROM_TUNNEL
-            and c.get("flush", {}).get("chain", {}).get("name") != nft.CHAIN_FROM_TUNNEL
+            and c.get("add", {}).get("rule", {}).get("chain") not in grant_chains
+            and c.get("add", {}).get("chain", {}).get("name") != baseline.GRANT_RULES
+            and c.get("flush", {}).get("chain", {}).get("name") not in grant_chains
         ]
 
     ours = outside_grant_chain(nft.table_commands("wg0"))

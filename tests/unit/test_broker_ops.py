@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-import shutil
 import subprocess
 import threading
 import time
@@ -103,7 +102,7 @@ def _run(*args: str, **kwargs: Any) -> subprocess.CompletedProcess[str]:
     return subprocess.run(args, capture_output=True, text=True, timeout=20, check=False, **kwargs)
 
 
-@pytest.mark.skipif(shutil.which("wg-quick") is None, reason="wg-quick not installed")
+@pytest.mark.tools("wg-quick")
 async def test_config_passes_wg_quick_strip(harness: Harness, tmp_path: Path) -> None:
     h = harness
     w = await h.world()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import socket
 import stat
 import subprocess
@@ -96,14 +95,12 @@ def test_missing_ca_cert_file_is_named(capsys: pytest.CaptureFixture[str], tmp_p
     assert str(missing) in run_failing(capsys, args)
 
 
+@pytest.mark.tools("wg")
 def test_key_pair_matches_wg_pubkey() -> None:
     private, public = wgkeys.key_pair()
     assert len(private) == 44 and len(public) == 44
     assert wgkeys.key_pair(private) == (private, public)
-    wg = shutil.which("wg")
-    if wg is None:
-        pytest.skip("wg not installed: cannot cross-check the public key")
-    derived = subprocess.run([wg, "pubkey"], input=private, capture_output=True, text=True)
+    derived = subprocess.run(["wg", "pubkey"], input=private, capture_output=True, text=True)
     assert derived.stdout.strip() == public
 
 
@@ -191,10 +188,9 @@ def test_client_commands_import_no_server_or_crypto_packages() -> None:
     assert result.stdout.strip().splitlines()[-1] == "[]"
 
 
+@pytest.mark.tools("wg")
 def test_key_pair_falls_back_to_the_wg_tool(monkeypatch: pytest.MonkeyPatch) -> None:
     """A bare install has neither cryptography nor wireguard_tools, but has wg."""
-    if shutil.which("wg") is None:
-        pytest.skip("wg not installed")
     private, public = wgkeys.key_pair()
     blocked = (
         "cryptography.hazmat.primitives.asymmetric.x25519",

@@ -8,7 +8,6 @@ or playwright fails the browser tests instead of skipping them.
 
 from __future__ import annotations
 
-import os
 import shutil
 import socket
 import threading
@@ -33,8 +32,8 @@ from broker.app import create_app
 from broker.auth import AgentPrincipal
 from broker.bootstrap import bootstrap
 from broker.config import Settings
-from broker.web import install_web
 from broker.web.security import CookiePolicy
+from tests.prerequisites import unavailable
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, BrowserContext, Page, Playwright, ViewportSize
@@ -90,9 +89,7 @@ def _missing_browser() -> str | None:
 def playwright_driver() -> Iterator[Playwright]:
     missing = _missing_browser()
     if missing is not None:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{missing} (CI=true: browser tests must run, not skip)", pytrace=False)
-        pytest.skip(missing)
+        unavailable(missing)
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as driver:
@@ -212,8 +209,6 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     )
     admin = bootstrap(settings, "admin@example.com", clock)  # CA, HTTPS certificate, first admin
     app = create_app(settings, clock=clock)
-    if not any(getattr(route, "name", None) == "web" for route in app.routes):
-        install_web(app)  # until the app factory mounts the pages itself
     app.state.web_cookies = CookiePolicy(secure=False)  # the tests speak plain HTTP
     server, thread, base_url = _serve(app)
     client = httpx.Client(
