@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tests import golden
 from tests.prerequisites import missing_tools, unavailable
 
 LAB_TOOLS = ("ip", "nft", "wg", "wg-quick", "wireguard-go")
@@ -22,6 +23,18 @@ def lab_prerequisites_missing() -> list[str]:
     return missing
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--update-golden",
+        action="store_true",
+        help="rewrite the golden files under tests/testdata instead of comparing (review the diff)",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    golden.UPDATE = bool(config.getoption("--update-golden"))
+
+
 def pytest_runtest_setup(item: pytest.Item) -> None:
     """``lab`` tests need root and the lab's tools; ``tools(...)`` tests need those
     programs. Missing ones skip locally and fail under CI=true (``tests.prerequisites``)."""
@@ -34,8 +47,9 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 
 @pytest.fixture(autouse=True)
 def _clean_ztb_environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """No test sees the caller's broker, token or CA settings."""
+    """No test sees the caller's broker, token or CA settings, nor an exported
+    ``UPDATE_GOLDEN`` (golden files are rewritten only with ``--update-golden``)."""
     for name in list(os.environ):
-        if name.startswith("ZTB_"):
+        if name.startswith("ZTB_") or name == "UPDATE_GOLDEN":
             monkeypatch.delenv(name)
     yield

@@ -1,33 +1,39 @@
-"""Golden files under tests/testdata: compare, or rewrite with UPDATE_GOLDEN=1."""
+"""Golden files under tests/testdata: compare, or rewrite with ``pytest --update-golden``.
+
+Rewriting is asked for on the command line of one run, never by an environment variable:
+a variable left exported in a shell would make every later run rewrite the files and
+compare nothing (the autouse fixture in ``tests/conftest.py`` removes ``UPDATE_GOLDEN``).
+"""
 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 TESTDATA = Path(__file__).parent / "testdata"
+UPDATE = False  # set from ``--update-golden`` by tests/conftest.py
 
 
 def load_json(relative: str) -> Any:
     return json.loads((TESTDATA / relative).read_text())
 
 
+def _rewrite(path: Path, text: str) -> None:
+    if UPDATE:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    assert path.exists(), f"missing golden file {path}; run pytest --update-golden"
+
+
 def assert_golden_json(relative: str, actual: Any) -> None:
     path = TESTDATA / relative
     rendered = json.dumps(actual, indent=2, sort_keys=True) + "\n"
-    if os.environ.get("UPDATE_GOLDEN") == "1":
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(rendered)
-    assert path.exists(), f"missing golden file {path}; run with UPDATE_GOLDEN=1"
+    _rewrite(path, rendered)
     assert json.loads(path.read_text()) == json.loads(rendered), f"{relative} differs"
 
 
 def assert_golden_text(relative: str, actual: str) -> None:
     path = TESTDATA / relative
-    if os.environ.get("UPDATE_GOLDEN") == "1":
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(actual)
-    assert path.exists(), f"missing golden file {path}; run with UPDATE_GOLDEN=1"
+    _rewrite(path, actual)
     assert path.read_text() == actual, f"{relative} differs"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from ipaddress import IPv4Address, IPv6Address
 from typing import Any
 
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from netpolicy import DesiredState, Grant, HomeNetwork, LiveSession, PortRange, nft
@@ -211,3 +211,46 @@ def test_nothing_outside_the_grants_is_compiled(b: tuple[DesiredState, dict[str,
         # never longer than the session has left, never more than a second shorter
         assert remaining[session.session_id] - 1 < timeout <= remaining[session.session_id]
         assert key.device_ip != str(NETWORK.router_ip)
+
+
+@st.composite
+def lifetime_changes(draw: st.DrawFn) -> tuple[DesiredState, dict[str, float], dict[str, float]]:
+    """One state seen twice: every session's remaining lifetime is kept, moved within the
+    rounding slack, or changed beyond it (shorter or longer); at least one is changed."""
+    state, before = draw(states())
+    live = [sid for sid, left in before.items() if left >= 1]
+    assume(live)
+    changed = set(draw(st.lists(st.sampled_from(live), min_size=1, unique=True)))
+    after: dict[str, float] = {}
+    for sid, left in before.items():
+        if sid in changed:
+            moved = draw(st.floats(1, 8 * 3600, allow_nan=False))
+            assume(abs(int(moved) - int(left)) > nft.LIFETIME_SLACK_S)
+            after[sid] = moved
+        else:
+            slack = float(nft.LIFETIME_SLACK_S)
+            after[sid] = max(0.0, left + draw(st.sampled_from([0.0, -slack, slack])))
+    return state, before, after
+
+
+@settings(max_examples=200, deadline=None)
+@given(lifetime_changes())
+def test_changed_lifetimes_are_replaced_and_the_rest_left_alone(
+    change: tuple[DesiredState, dict[str, float], dict[str, float]],
+) -> None:
+    state, before, after = change
+    kernel = as_kernel(nft.desired_elements(state, before))
+    wanted = nft.desired_elements(state, after)
+    diff = nft.diff_elements(kernel, wanted)
+    result = kernel_after(kernel, nft.diff_commands(diff))
+    assert set(result) == set(wanted)
+    replaced = set(diff.add) & set(kernel)
+    assert replaced, "a changed lifetime replaces its elements"
+    for key in set(kernel) & set(wanted):
+        moved = abs(kernel[key].expires - wanted[key]) > nft.LIFETIME_SLACK_S
+        assert (key in replaced) == moved
+        assert (key in diff.delete) == moved
+        if moved:
+            assert result[key].expires == wanted[key]
+        else:
+            assert result[key] == kernel[key], "an element within the slack is not rewritten"
