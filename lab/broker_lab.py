@@ -103,7 +103,7 @@ class BrokerLab:
         )  # fmt: skip
         self._broker = self.lab.spawn(self.topo.broker, argv, "broker", self.broker_log)
         deadline = t0 + READY_TIMEOUT_S
-        while not self._broker_answers():
+        while not self.answers():
             if self._broker.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"broker did not start: {_tail(self.broker_log)}")
             time.sleep(0.05)
@@ -116,7 +116,8 @@ class BrokerLab:
             self._broker.wait(timeout=10)
         self._broker = None
 
-    def _broker_answers(self) -> bool:
+    def answers(self) -> bool:
+        """The broker answers ``/readyz`` over HTTPS from the internet host."""
         try:
             return tls_get(self.topo.host, "/readyz", self.ca_cert.read_text())[0] == 200
         except (OSError, ssl.SSLError, ValueError):
@@ -280,6 +281,26 @@ def tls_get(
     head, _, body = b"".join(chunks).partition(b"\r\n\r\n")
     status_line = head.split(b"\r\n", 1)[0].decode()
     return int(status_line.split()[1]), body.decode(errors="replace")
+
+
+def tls_server_verdict(ns: str, ca_pem: str, client_pem: Path, timeout: float = 3.0) -> None:
+    """Complete a TLS handshake from ``ns`` with ``client_pem``, then wait for the
+    broker's first record without sending anything.
+
+    In TLS 1.3 the server judges the client's certificate after the client's side of the
+    handshake is done. A refused certificate ends the TLS session there: the broker's
+    asyncio TLS layer aborts the connection without flushing its alert, so this read
+    raises ``ssl.SSLEOFError`` (the peer left without a close_notify; a ragged EOF is not
+    hidden here). An accepted certificate gets no record: the read times out.
+    """
+    context = ssl.create_default_context(cadata=ca_pem)
+    context.load_cert_chain(client_pem)
+    raw = netns.socket_in(ns, socket.AF_INET, socket.SOCK_STREAM)
+    raw.settimeout(timeout)
+    wrapped = context.wrap_socket(raw, server_hostname=str(BROKER_IP), suppress_ragged_eofs=False)
+    with raw, wrapped as tls:
+        tls.connect((str(BROKER_IP), BROKER_PORT))
+        tls.recv(1)
 
 
 def _tail(path: Path) -> str:

@@ -18,12 +18,12 @@ from typing import Any
 from .broker_lab import BrokerLab, Person
 from .demo_dataplane import Story
 from .harness import Lab
-from .latency import approve_and_connect, describe, request, revoke_during_flow, target_of
+from .latency import GRANTS, CliPeople, close_access, moment, open_access, target_of
 from .probes import Target, steady_flow
 from .topology import INTERNET_HOST_IP, LAN, ROUTER_LAN_IP, ROUTER_WAN_IP, TUNNEL_POOL, WG_PORT
 
 HOME = "lab-home"
-SHORT_SESSION = "15s"
+SHORT_SESSION_S = 15
 REVOKE_BOUND_S = 1.0
 APPROVE_BOUND_S = 2.0
 
@@ -44,6 +44,11 @@ class Plot:
     def person(self, name: str) -> Person:
         return self.people[name]
 
+    def cli(self, who: str = "tech") -> CliPeople:
+        """The homeowner and technician ``who`` (tech: technician 1, tech2: 2) on the CLI."""
+        techns = self.lab.tech(1 if who == "tech" else 2)
+        return CliPeople(self.broker, self.person("owner"), self.person(who), techns, HOME)
+
 
 def start_broker(plot: Plot) -> None:
     story, broker = plot.story, plot.broker
@@ -51,7 +56,7 @@ def start_broker(plot: Plot) -> None:
     plot.people["admin"] = broker.bootstrap()
     story.check(broker.ca_cert.exists(), f"CA written to {broker.ca_cert}")
     took = broker.start_broker()
-    story.check(True, f"ztb broker serve answers over HTTPS after {took:.1f} s")
+    story.check(broker.answers(), f"ztb broker serve answers over HTTPS after {took:.1f} s")
 
 
 def set_up_home(plot: Plot) -> None:
@@ -86,35 +91,36 @@ def enroll_agent(plot: Plot) -> None:
 
 
 def request_and_approve(plot: Plot) -> None:
-    story, broker = plot.story, plot.broker
-    tech, owner = plot.person("tech"), plot.person("owner")
-    techns = plot.lab.tech(1)
-    story.title("Technician requests thermostat tcp/443 for 30 min (key made on the laptop)")
-    session_id = request(broker, tech, HOME, "thermostat:tcp/443", "30m")
+    story, broker, people = plot.story, plot.broker, plot.cli()
+    story.title("Technician requests thermostat tcp/443 and camera udp/5000 for 30 min "
+                "(key made on the laptop)")  # fmt: skip
+    session_id = people.request(GRANTS, 30 * 60)
     plot.sessions["main"] = session_id
-    shown = broker.ztb_json(tech, "session", "show", session_id)
+    shown = broker.ztb_json(people.tech, "session", "show", session_id)
     story.check(shown["state"] == "requested", f"{session_id} is requested")
     story.check(shown["key_origin"] == "technician", "only the public key went to the broker")
     story.title("Homeowner approves; technician downloads the config and runs wg-quick up")
-    target = target_of(broker, "thermostat:tcp/443")
-    opening = approve_and_connect(broker, owner, tech, techns, session_id, target)
-    story.measurements["approve_to_connect_s"] = opening.connected
-    story.measurements["approval_to_connect_s"] = opening.after_approval
-    # The bound starts when the broker has the approval: before that is the homeowner's
-    # CLI starting up (0.3-1 s of Python on a loaded machine), not the system's latency.
+    opening = open_access(people, session_id)
+    story.measurements["approval_to_connect_s"] = opening.to_connect
+    story.measurements["approve_cli_s"] = opening.caller_start_up
+    # Timed from the broker's own record of the approval; the homeowner's CLI start-up
+    # before it is reported, not counted (the technician's CLI run is counted).
     story.check(
-        opening.after_approval <= APPROVE_BOUND_S,
-        f"{describe(opening)}; approval->connect bound {APPROVE_BOUND_S:.0f} s",
+        opening.to_connect <= APPROVE_BOUND_S,
+        f"first connection {opening.to_connect * 1000:.0f} ms after the broker recorded the "
+        f"approval (bound {APPROVE_BOUND_S:.0f} s; homeowner's CLI before that "
+        f"{opening.caller_start_up * 1000:.0f} ms)",
     )
-    state = broker.ztb_json(owner, "session", "show", session_id)["state"]
+    state = broker.ztb_json(people.owner, "session", "show", session_id)["state"]
     story.check(state == "active", f"the agent reported it applied: session {state}")
 
 
 def only_the_grant(plot: Plot) -> None:
     story, lab = plot.story, plot.lab
     ns = lab.tech(1).namespace
-    story.title("Through the tunnel: thermostat tcp/443 only")
-    story.expect("tech1", ns, [lab.target("thermostat", "tcp", 443)], answer=True)
+    story.title("Through the tunnel: thermostat tcp/443 and camera udp/5000 only")
+    plot.cli().widen()  # so the blocked probes below really enter the tunnel
+    story.expect("tech1", ns, [target_of(lab, grant) for grant in GRANTS], answer=True)
     blocked = [
         lab.target("thermostat", "tcp", 80),
         lab.target("camera", "tcp", 554),
@@ -126,37 +132,40 @@ def only_the_grant(plot: Plot) -> None:
 
 
 def homeowner_revokes(plot: Plot) -> None:
-    story, broker = plot.story, plot.broker
+    story, broker, people = plot.story, plot.broker, plot.cli()
     session_id = plot.sessions["main"]
-    story.title("Homeowner revokes while the technician's connections keep coming")
-    target = target_of(broker, "thermostat:tcp/443")
-    took, flow = revoke_during_flow(
-        broker, plot.person("owner"), plot.lab.tech(1), session_id, target
-    )
-    story.measurements["revoke_to_drop_s"] = took
-    story.check(flow.successes > 0, f"{flow.successes} connections answered before the revoke")
+    story.title("Homeowner revokes while the technician's datagrams keep coming")
+    closing = close_access(people, session_id)
+    story.measurements["revoke_to_drop_s"] = closing.to_drop
+    story.measurements["revoke_cli_s"] = closing.caller_start_up
+    story.check(closing.arrived > 0, f"{closing.arrived} datagrams reached the camera first")
     story.check(
-        took <= REVOKE_BOUND_S,
-        f"flow dropped {took * 1000:.0f} ms after the revoke command"
-        f" (bound {REVOKE_BOUND_S:.0f} s)",
+        closing.to_drop <= REVOKE_BOUND_S,
+        f"flow dropped {closing.to_drop * 1000:.0f} ms after the broker recorded the revoke "
+        f"(bound {REVOKE_BOUND_S:.0f} s; homeowner's CLI before that "
+        f"{closing.caller_start_up * 1000:.0f} ms)",
     )
-    story.expect("tech1", plot.lab.tech(1).namespace, [target], answer=False)
-    state = broker.ztb_json(plot.person("owner"), "session", "show", session_id)
+    targets = [target_of(plot.lab, grant) for grant in GRANTS]
+    story.expect("tech1", plot.lab.tech(1).namespace, targets, answer=False)
+    state = broker.ztb_json(people.owner, "session", "show", session_id)
     story.check(state["end_reason"] == "revoked", "session ended (revoked)")
 
 
 def session_expires(plot: Plot) -> None:
-    story, broker = plot.story, plot.broker
-    tech, owner = plot.person("tech"), plot.person("owner")
-    techns = plot.lab.tech(1)
-    story.title(f"A second session of {SHORT_SESSION} ends on its own")
-    session_id = request(broker, tech, HOME, "thermostat:tcp/443", SHORT_SESSION)
+    story, broker, people = plot.story, plot.broker, plot.cli()
+    story.title(f"A second session of {SHORT_SESSION_S} s ends on its own")
+    session_id = people.request(GRANTS[:1], SHORT_SESSION_S)
     plot.sessions["short"] = session_id
-    target = target_of(broker, "thermostat:tcp/443")
-    approve_and_connect(broker, owner, tech, techns, session_id, target)
-    expires_at = _time(broker.ztb_json(owner, "session", "show", session_id)["expires_at"])
-    story.check(True, f"connected; expires at {datetime.fromtimestamp(expires_at):%H:%M:%S}")
-    flow = steady_flow(techns.namespace, target, interval=0.05, max_seconds=30)
+    opening = open_access(people, session_id)
+    expires_at = moment(broker.ztb_json(people.owner, "session", "show", session_id)["expires_at"])
+    lifetime = expires_at - opening.recorded
+    story.check(
+        abs(lifetime - SHORT_SESSION_S) < 1,
+        f"connected; expires at {datetime.fromtimestamp(expires_at):%H:%M:%S}, "
+        f"{lifetime:.1f} s after the approval",
+    )
+    target = target_of(plot.lab, GRANTS[0])
+    flow = steady_flow(people.technician.namespace, target, interval=0.05, max_seconds=30)
     if flow.first_failure is None:
         story.check(False, "access ended on its own")
         return
@@ -166,7 +175,7 @@ def session_expires(plot: Plot) -> None:
     deadline = time.monotonic() + 15
     state: dict[str, Any] = {}
     while time.monotonic() < deadline:
-        state = broker.ztb_json(owner, "session", "show", session_id)
+        state = broker.ztb_json(people.owner, "session", "show", session_id)
         if state["state"] == "ended":
             break
         time.sleep(0.5)
@@ -191,10 +200,6 @@ def report_and_audit(plot: Plot) -> None:
         "--public-key", broker.audit_public_key, "--against", str(saved),
     ).stdout.strip()  # fmt: skip
     story.check(verified.startswith("audit chain ok") and "pinned key" in verified, verified)
-
-
-def _time(text: str) -> float:
-    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
 Step = Callable[[Plot], None]

@@ -70,7 +70,18 @@ def write_config(
 
 def connect(tech: Technician, config: Path, router_public_key: str) -> None:
     """``wg-quick up`` inside the technician's namespace, then widen its own side."""
+    up(tech, config)
+    widen(tech, router_public_key)
+
+
+def up(tech: Technician, config: Path) -> None:
+    """Stock ``wg-quick up`` inside the technician's namespace, nothing more."""
     netns.run_in(tech.namespace, ["wg-quick", "up", str(config)], env=WG_QUICK_ENV)
+
+
+def widen(tech: Technician, router_public_key: str) -> None:
+    """Send the lab's wider ranges into the tunnel too, so a probe of something outside
+    the grant really enters the tunnel and meets the router's firewall."""
     ifname = tech.wg_interface
     netns.run_in(
         tech.namespace,

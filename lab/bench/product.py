@@ -10,22 +10,22 @@ Everything is torn down by ``lab.harness.Lab`` on the way out, also after a fail
 
 from __future__ import annotations
 
-import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
-from typing import TypeVar
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
 
-from lab import netns
+from lab import netns, technician
 from lab.broker_lab import BrokerLab
 from lab.harness import Lab
-from lab.topology import LAN, ROUTER_LAN_IP, TUNNEL_POOL
+from lab.topology import LAN, ROUTER_LAN_IP, TUNNEL_POOL, Technician
+from ztb.client.activation import ACTIVE_WAIT_S, wait_until_active
 from ztb.client.http import ZtbClient
 from ztb.client.keys import PRIVATE_KEY_PLACEHOLDER
 
 T = TypeVar("T")
 HOME = "bench-home"
-_AGENT_EVENT = re.compile(r"^ts=(?P<ts>[\d.]+) event=(?P<event>\w+)(?P<rest>.*)$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,29 +40,61 @@ class Person:
             return action(self.api)
 
 
-@dataclass(frozen=True, slots=True)
-class AgentEvent:
-    ts: float
-    event: str
-    fields: str
-
-
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Product:
+    """The running product, and its homeowner and technician acting over the API (the
+    ``lab.latency.People`` of the benchmarks)."""
+
     lab: Lab
     broker: BrokerLab
     owner: Person
     tech: Person
     home_id: str
+    _keys: dict[str, technician.KeyPair] = field(default_factory=dict)
 
-    def agent_events(self, since: float) -> list[AgentEvent]:
-        """The agent's logfmt events at or after ``since`` (wall clock, ms resolution)."""
-        events = []
-        for line in self.lab.agent_log.read_text().splitlines():
-            match = _AGENT_EVENT.match(line)
-            if match and float(match["ts"]) >= since:
-                events.append(AgentEvent(float(match["ts"]), match["event"], match["rest"]))
-        return events
+    @property
+    def technician(self) -> Technician:
+        return self.lab.tech(1)
+
+    @property
+    def _config_path(self) -> Path:
+        return self.lab.run_dir / f"{self.technician.wg_interface}.conf"
+
+    def request(self, grants: Sequence[str], duration_s: int) -> str:
+        keys = technician.KeyPair.generate()
+        wanted = list(grants)
+        made = self.tech.call(
+            lambda c: c.request_session(self.home_id, wanted, duration_s, "bench", keys.public)
+        )
+        self._keys[str(made["id"])] = keys
+        return str(made["id"])
+
+    def approve(self, session_id: str) -> None:
+        self.owner.call(lambda c: c.approve_session(session_id))
+
+    def revoke(self, session_id: str) -> None:
+        self.owner.call(lambda c: c.revoke_session(session_id, "bench"))
+
+    def show(self, session_id: str) -> Mapping[str, Any]:
+        shown: Mapping[str, Any] = self.tech.call(lambda c: c.get_session(session_id))
+        return shown
+
+    def fetch_config(self, session_id: str) -> Path:
+        # As `ztb session config` does: hold the config until the router has the peer, so
+        # the first handshake is answered instead of retried after WireGuard's 5 s.
+        self.tech.call(lambda c: wait_until_active(c, session_id, ACTIVE_WAIT_S, announce=False))
+        config = self.tech.call(lambda c: c.wg_quick(session_id))
+        private = self._keys.pop(session_id).private
+        technician.write_secret(self._config_path, with_private_key(config, private))
+        return self._config_path
+
+    def tunnel_up(self, config: Path) -> None:
+        technician.up(self.technician, config)
+
+    def tunnel_down(self) -> None:
+        if self._config_path.exists():
+            technician.disconnect(self.technician, self._config_path)
+            self._config_path.unlink()
 
 
 def with_private_key(config: str, private_key: str) -> str:

@@ -13,6 +13,7 @@ import re
 import ssl
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -22,15 +23,18 @@ from cryptography.hazmat.primitives import serialization
 from agent.broker_link.enroll import new_tls_key_and_csr
 from broker import pki
 from lab import demo_story, netns
-from lab.broker_lab import BrokerLab, CliError, router_key, tls_get
+from lab.bench.stats import Summary
+from lab.broker_lab import BrokerLab, CliError, router_key, tls_get, tls_server_verdict
 from lab.demo_dataplane import Story
 from lab.demo_story import HOME, Plot, Step
 from lab.harness import Lab
 from lab.latency import (
-    approve_and_connect,
+    GRANTS,
+    Cycle,
+    close_access,
     measure,
-    request,
-    revoke_during_flow,
+    moment,
+    open_access,
     target_of,
     wait_for_answer,
 )
@@ -44,8 +48,8 @@ HOME2 = "lab-home2"
 THERMOSTAT = "thermostat:tcp/443"
 REVOKE_BOUND_S = 1.0
 APPROVE_BOUND_S = 2.0
-REVOKE_TAIL_CEILING_S = 1.5
-LATENCY_RUNS = 20
+LATENCY_RUNS = 40
+LATENCY_MAX_S = 360.0
 
 
 @pytest.fixture(scope="module")
@@ -67,18 +71,17 @@ def run_steps(plot: Plot, *steps: Step) -> None:
     assert plot.story.ok, plot.story.failures
 
 
-def connected_session(plot: Plot, who: str, duration: str) -> tuple[str, float]:
-    """Request, approve and connect as ``who``; returns (session id, expires_at)."""
-    broker, owner, tech = plot.broker, plot.person("owner"), plot.person(who)
-    techns = plot.lab.tech(1 if who == "tech" else 2)
-    session_id = request(broker, tech, HOME, THERMOSTAT, duration)
-    approve_and_connect(broker, owner, tech, techns, session_id, target_of(broker, THERMOSTAT))
-    shown = broker.ztb_json(owner, "session", "show", session_id)
-    return session_id, _time(shown["expires_at"])
+def request(plot: Plot, who: str, home: str, grant: str) -> str:
+    """``ztb session request`` as ``who`` for ``grant`` at ``home``, for 10 minutes."""
+    return replace(plot.cli(who), home=home).request([grant], 600)
 
 
-def _time(text: str) -> float:
-    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+def connected_session(plot: Plot, who: str, duration_s: int) -> tuple[str, float]:
+    """Request ``GRANTS``, approve and connect as ``who``; returns (session id, expires_at)."""
+    people = plot.cli(who)
+    session_id = people.request(GRANTS, duration_s)
+    open_access(people, session_id)
+    return session_id, moment(str(people.show(session_id)["expires_at"]))
 
 
 def wait_state(plot: Plot, session_id: str, state: str, timeout: float = 15.0) -> dict[str, str]:
@@ -111,7 +114,7 @@ def expiry_flow(plot: Plot, expires_at: float, who: str = "tech") -> float:
     """Seconds between ``expires_at`` and the first dropped probe of a steady flow."""
     techns = plot.lab.tech(1 if who == "tech" else 2)
     flow = steady_flow(
-        techns.namespace, target_of(plot.broker, THERMOSTAT), interval=0.05, max_seconds=40
+        techns.namespace, target_of(plot.lab, THERMOSTAT), interval=0.05, max_seconds=40
     )
     assert flow.successes > 0, "access worked before the expiry"
     assert flow.first_failure is not None, "access never ended"
@@ -129,9 +132,10 @@ def test_story_request_approve_only_the_grant_revoke_report(plot: Plot) -> None:
         demo_story.homeowner_revokes,
         demo_story.report_and_audit,
     )
+    took = plot.story.measurements
     print(
-        f"\napprove -> connect {plot.story.measurements['approve_to_connect_s'] * 1000:.0f} ms;"
-        f" revoke -> drop {plot.story.measurements['revoke_to_drop_s'] * 1000:.0f} ms"
+        f"\napproval recorded -> connect {took['approval_to_connect_s'] * 1000:.0f} ms;"
+        f" revoke recorded -> drop {took['revoke_to_drop_s'] * 1000:.0f} ms"
     )
 
 
@@ -171,8 +175,12 @@ def test_a_forged_client_certificate_is_refused(plot: Plot) -> None:
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     ).decode()
     forged.write_text(pki.certificate_pem(cert) + key_pem)
-    with pytest.raises((ssl.SSLError, OSError, IndexError)):
-        tls_get(lab.topo.router, "/v1/agent/state?after=-1&wait=0", ca_pem, forged)
+    # The TLS layer itself refuses: the session ends right after the handshake, before any
+    # request; with the real certificate (the control) it stays open, waiting for one.
+    with pytest.raises(ssl.SSLEOFError):
+        tls_server_verdict(lab.topo.router, ca_pem, forged)
+    with pytest.raises(TimeoutError):
+        tls_server_verdict(lab.topo.router, ca_pem, real, timeout=0.5)
     status, _ = tls_get(lab.topo.router, "/v1/agent/state?after=-1&wait=0", ca_pem)
     assert status == 401, "no certificate: nothing"
 
@@ -183,25 +191,25 @@ def test_a_forged_client_certificate_is_refused(plot: Plot) -> None:
 def test_broker_killed_mid_session_then_revoke_still_works(plot: Plot) -> None:
     broker, owner = plot.broker, plot.person("owner")
     techns = plot.lab.tech(1)
-    target = target_of(broker, THERMOSTAT)
-    session_id, _ = connected_session(plot, "tech", "10m")
+    target = target_of(plot.lab, THERMOSTAT)
+    session_id, _ = connected_session(plot, "tech", 600)
     broker.kill_broker()
     assert probe(techns.namespace, target, timeout=1.0).ok, "access survives the broker crash"
     restarted = broker.start_broker()
     reconnected = agent_long_polling(plot)
     assert wait_for_answer(techns.namespace, target, timeout=2.0) is not None
     assert broker.ztb_json(owner, "session", "show", session_id)["state"] == "active"
-    took, _ = revoke_during_flow(broker, owner, techns, session_id, target)
+    took = close_access(plot.cli(), session_id).to_drop
     print(
         f"\nbroker restarted in {restarted:.1f} s, agent back {reconnected:.1f} s later; "
-        f"revoke -> drop {took * 1000:.0f} ms"
+        f"revoke recorded -> drop {took * 1000:.0f} ms"
     )
     assert took <= REVOKE_BOUND_S
 
 
 def test_broker_down_across_an_expiry(plot: Plot) -> None:
     broker = plot.broker
-    session_id, expires_at = connected_session(plot, "tech", "12s")
+    session_id, expires_at = connected_session(plot, "tech", 12)
     broker.kill_broker()
     try:
         lag = expiry_flow(plot, expires_at)
@@ -246,18 +254,18 @@ def test_two_homes_two_agents_two_technicians_no_cross_access(plot: Plot) -> Non
     broker.enroll_with(broker.enroll_token(HOME2), state2, second_home=True)
     broker.start_second_agent(state2)
     lock = Target(str(HOME2_DEVICE.ip), "tcp", 443)
-    thermostat = target_of(broker, THERMOSTAT)
+    thermostat = target_of(lab, THERMOSTAT)
 
     # Nobody can even ask at, or approve for, the other home.
     with pytest.raises(CliError, match="404"):
-        request(broker, tina, HOME2, "lock:tcp/443", "10m")
+        request(plot, "tech", HOME2, "lock:tcp/443")
     with pytest.raises(CliError, match="404"):
-        request(broker, tom, HOME, THERMOSTAT, "10m")
-    at_home2 = request(broker, tom, HOME2, "lock:tcp/443", "10m")
+        request(plot, "tech2", HOME, THERMOSTAT)
+    at_home2 = request(plot, "tech2", HOME2, "lock:tcp/443")
     with pytest.raises(CliError, match="404"):
         broker.ztb(ann, "session", "approve", at_home2)
 
-    at_home1, _ = connected_session(plot, "tech", "10m")
+    at_home1, _ = connected_session(plot, "tech", 600)
     broker.ztb(bert, "session", "approve", at_home2)
     config2 = broker.download_config(tom, lab.tech(2), at_home2)
     broker.tunnel_up(lab.tech(2), config2)  # its widening covers home 1's LAN ...
@@ -292,26 +300,53 @@ def test_two_homes_two_agents_two_technicians_no_cross_access(plot: Plot) -> Non
 
 
 def test_latency_over_many_runs(plot: Plot) -> None:
+    """approve -> connect within 2 s and revoke -> drop within 1 s (issue 4), p50 and p99.
+
+    Method (``lab.latency``, the same code as the benchmarks' rows), ``LATENCY_RUNS``
+    support calls, everyone on the ``ztb`` CLI: the technician requests thermostat tcp/443
+    and camera udp/5000; the homeowner runs ``ztb session approve``; the technician runs
+    ``ztb session config`` (which waits until the router applied the session), stock
+    ``wg-quick up``, and TCP connects to the thermostat until one is answered. Then a UDP
+    flow (one datagram every 5 ms) runs to the camera, whose lab service logs each
+    arrival; the homeowner runs ``ztb session revoke``; the first dropped datagram is the
+    one after the last that reached the camera.
+
+    Both bounds are timed from the broker's own record of the approval or revoke (the
+    session's ``approved_at`` / ``ended_at``), not from the homeowner's CLI process start:
+    that start-up (0.3-1 s of Python imports on a busy 2-core machine) is the caller's,
+    and is printed separately. The technician's CLI run stays inside approve -> connect.
+    With fewer than 100 runs, p99 is the slowest run.
+    """
     lines: list[str] = []
-    latencies = measure(
-        plot.broker,
-        plot.person("owner"),
-        plot.person("tech"),
-        plot.lab.tech(1),
-        HOME,
-        THERMOSTAT,
-        runs=LATENCY_RUNS,
-        out=lines.append,
-    )
-    print("\n" + "\n".join([*lines, *latencies.lines()]))
-    assert latencies.approve_to_connect.trials >= LATENCY_RUNS
-    # The issue's bounds hold for the typical case even counting both people's CLI start-up;
-    # the tail is bounded from the moment the broker has the approval, and for revoke with
-    # headroom for a shared 2-core machine (p99 of 20 runs is the slowest run).
-    assert latencies.approve_to_connect.median <= APPROVE_BOUND_S
-    assert latencies.approval_to_connect.p99 <= APPROVE_BOUND_S
-    assert latencies.revoke_to_drop.median <= REVOKE_BOUND_S
-    assert latencies.revoke_to_drop.p99 <= REVOKE_TAIL_CEILING_S
+    cycles = measure(plot.cli(), LATENCY_RUNS, LATENCY_MAX_S, out=lines.append)
+    opened = Summary.of([c.opening.to_connect for c in cycles])
+    closed = Summary.of([c.closing.to_drop for c in cycles])
+    print("\n" + "\n".join([*lines, *_latency_lines(cycles, opened, closed)]))
+    assert len(cycles) >= LATENCY_RUNS
+    assert opened.median <= APPROVE_BOUND_S and opened.p99 <= APPROVE_BOUND_S
+    assert closed.median <= REVOKE_BOUND_S and closed.p99 <= REVOKE_BOUND_S
+
+
+def _latency_lines(cycles: list[Cycle], opened: Summary, closed: Summary) -> list[str]:
+    def line(title: str, summary: Summary) -> str:
+        return (
+            f"{title}: p50 {summary.median * 1e3:.0f} ms, p99 {summary.p99 * 1e3:.0f} ms "
+            f"(min {summary.minimum * 1e3:.0f}, max {summary.maximum * 1e3:.0f}, "
+            f"n={summary.trials})"
+        )
+
+    return [
+        line("approval recorded -> first connection (bound 2 s)", opened),
+        line("revoke recorded -> flow dropped (bound 1 s)", closed),
+        line("homeowner's approve CLI: start -> broker's record",
+             Summary.of([c.opening.caller_start_up for c in cycles])),
+        line("homeowner's revoke CLI: start -> broker's record",
+             Summary.of([c.closing.caller_start_up for c in cycles])),
+        line("approve CLI start -> first connection (start-up included)",
+             Summary.of([c.opening.connected - c.opening.call_started for c in cycles])),
+        line("revoke CLI start -> flow dropped (start-up included)",
+             Summary.of([c.closing.first_drop - c.closing.call_started for c in cycles])),
+    ]  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- revoked agent
@@ -320,14 +355,14 @@ def test_latency_over_many_runs(plot: Plot) -> None:
 def test_a_revoked_agent_gets_nothing_but_its_grants_still_expire(plot: Plot) -> None:
     """Last: the agent stays cut off afterwards."""
     broker, admin, owner = plot.broker, plot.person("admin"), plot.person("owner")
-    session_id, expires_at = connected_session(plot, "tech", "15s")
+    session_id, expires_at = connected_session(plot, "tech", 15)
     agent_id = broker.agent_id()
     broker.ztb(admin, "home", "revoke-agent", HOME, agent_id)
     shown = broker.ztb(admin, "home", "show", HOME).stdout
     assert "revoked" in shown
     # A new approval no longer reaches the router (and no config names a revoked router).
     tina = plot.person("tech")
-    later = request(broker, tina, HOME, THERMOSTAT, "10m")
+    later = request(plot, "tech", HOME, THERMOSTAT)
     broker.ztb(owner, "session", "approve", later)
     with pytest.raises(CliError, match="no public key"):
         # no router will apply it, so do not wait; tech1's tunnel stays up
