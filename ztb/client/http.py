@@ -10,19 +10,13 @@ its own client (``agent.broker_link.cert_client``: mTLS against a pinned CA), no
 from __future__ import annotations
 
 import ssl
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 from urllib.parse import quote
 
-# httpx imports its own command-line client (click, rich, pygments) whenever those are
-# installed, as they are next to typer: about half of the CLI's start-up on a busy
-# machine, for nothing ztb uses. A None entry makes that optional import fail, and httpx
-# falls back to a stub ``httpx.main``.
-sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
-import httpx  # noqa: E402
+import httpx  # without its own command-line client: see ztb/client/__init__.py
 
 from ztb.exit_codes import ExitCode, for_http_status
 
