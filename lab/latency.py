@@ -29,7 +29,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
@@ -126,6 +126,11 @@ class Closing:
     @property
     def caller_start_up(self) -> float:
         return self.recorded - self.call_started
+
+
+def after(moments: Opening | Closing, zero: float) -> dict[str, float]:
+    """Every moment of an opening or closing, in seconds after ``zero``."""
+    return {k: v - zero for k, v in asdict(moments).items() if isinstance(v, float)}
 
 
 @dataclass(frozen=True, slots=True)

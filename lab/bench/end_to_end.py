@@ -136,11 +136,6 @@ def _outliers(
     ]
 
 
-def _after(zero: float, **moments: float) -> dict[str, float]:
-    """Each moment in seconds after ``zero``."""
-    return {name: at - zero for name, at in moments.items()}
-
-
 def _setup(run: ProductRun) -> dict[str, object]:
     return {
         "product": "ztb broker serve (HTTPS, SQLite) + ztb agent run --state-dir (mTLS "
@@ -155,13 +150,7 @@ def _setup(run: ProductRun) -> dict[str, object]:
 
 def revocation_latency(mode: Mode, prefix: str) -> Measurement:
     run = _product_run(mode, prefix)
-    steps = [
-        _after(c.closing.call_returned, first_drop=c.closing.first_drop,
-               last_arrival=c.closing.last_arrival, agent_woken=c.closing.agent_woken,
-               agent_applied=c.closing.agent_applied, recorded=c.closing.recorded,
-               call_started=c.closing.call_started)
-        for c in run.cycles
-    ]  # fmt: skip
+    steps = [latency.after(c.closing, c.closing.call_returned) for c in run.cycles]
     m = Measurement("revocation_latency", "Revocation latency (revoke API -> first drop)")
     m.setup = _setup(run) | {
         "flow": f"UDP to camera udp/5000 every {latency.FLOW_PERIOD_S * 1e3:g} ms through "
@@ -194,13 +183,7 @@ def revocation_latency(mode: Mode, prefix: str) -> Measurement:
 
 def time_to_access(mode: Mode, prefix: str) -> Measurement:
     run = _product_run(mode, prefix)
-    steps = [
-        _after(c.opening.call_returned, connected=c.opening.connected,
-               agent_woken=c.opening.agent_woken, agent_applied=c.opening.agent_applied,
-               configured=c.opening.configured, tunnel_up=c.opening.tunnel_up,
-               call_started=c.opening.call_started)
-        for c in run.cycles
-    ]  # fmt: skip
+    steps = [latency.after(c.opening, c.opening.call_returned) for c in run.cycles]
     m = Measurement("time_to_access", "Time to access (approve API -> first TCP connect)")
     m.setup = _setup(run) | {
         "zero": "the approve API call (POST /v1/sessions/ID/approve over HTTPS) returned",
