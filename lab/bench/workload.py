@@ -8,6 +8,7 @@ be placed at any position of the session list (the baseline chain keeps that ord
 from __future__ import annotations
 
 import base64
+import hashlib
 from collections.abc import Mapping
 from ipaddress import IPv4Address, IPv4Network
 
@@ -28,7 +29,9 @@ LIFETIME_S = 3600.0
 
 
 def _public_key(n: int) -> str:
-    return base64.b64encode(n.to_bytes(32, "big")).decode()
+    """A distinct key per ``n``: 32 hash bytes, never one of the low-order points that
+    netpolicy refuses (small integers such as 0 and 1 are)."""
+    return base64.b64encode(hashlib.sha256(n.to_bytes(8, "big")).digest()).decode()
 
 
 def probe_tunnel_ip(k: int) -> IPv4Address:
