@@ -21,6 +21,10 @@ class Settings:
     login_token_ttl_s: int = 12 * 3600
     # The longest life a token minted through the API may ask for (``serve --max-token-ttl``).
     max_token_ttl_s: int = DEFAULT_MAX_TOKEN_TTL_S
+    # Failed sign-ins allowed per account and per client address (``limits`` notation)
+    # before further attempts answer 429 until the window has moved on.
+    sign_in_failures_per_account: str = "10/15 minutes"
+    sign_in_failures_per_address: str = "15/15 minutes"
     longpoll_max_s: float = 60.0
     # Audit checkpoints: signed at least this often even with no new events (a heartbeat),
     # and ``verify`` wants the newest no older than the age, with at most so many events

@@ -44,7 +44,15 @@ import uvicorn
 from broker.app import create_app
 from broker.config import Settings
 
-app = create_app(Settings(data_dir=Path(sys.argv[1])))
+# Failure limits off: this test is about hashing outside the write lock, not about 429s.
+unlimited = "1000000/second"
+app = create_app(
+    Settings(
+        data_dir=Path(sys.argv[1]),
+        sign_in_failures_per_account=unlimited,
+        sign_in_failures_per_address=unlimited,
+    )
+)
 sock = socket.socket()
 sock.bind(("127.0.0.1", 0))
 sock.listen(1024)
@@ -154,7 +162,7 @@ def test_revoke_answers_within_100_ms_during_a_wrong_password_flood(
                     return
                 answer = flooder.post("/v1/auth/login", json=wrong)
                 sent[slot] += 1
-                refused[slot] += answer.status_code in (401, 429)
+                refused[slot] += answer.status_code == 401
 
     threads = [threading.Thread(target=flood, args=(n,)) for n in range(FLOOD_THREADS)]
     for thread in threads:
