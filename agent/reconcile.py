@@ -26,6 +26,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from netpolicy import DesiredState, ElementCounters, HomeNetwork, LiveSession
+from netpolicy.model import RELAY_KEEPALIVE_S
 from netpolicy.nft import (
     LIFETIME_SLACK_S,
     ElementDiff,
@@ -44,7 +45,13 @@ from .events import log_event
 from .lifetimes import SessionLifetimes, remaining_at
 from .nftables.backend import Listing, NftBackend, NftError
 from .status import Reading, by_tunnel, counters_report, describe, session_tunnels
-from .wireguard.backend import PeerState, WireGuardBackend, WireGuardError, canonical_ips
+from .wireguard.backend import (
+    PeerState,
+    WireGuardBackend,
+    WireGuardError,
+    canonical_ips,
+    needs_update,
+)
 
 Clock = Callable[[], float]
 # An element can expire between listing and deleting it, failing the whole (atomic)
@@ -122,7 +129,15 @@ def session_peer(session: LiveSession) -> PeerState:
     ips = [f"{session.tunnel_ip}/32"]
     if session.tunnel_ip6 is not None:
         ips.append(f"{session.tunnel_ip6}/128")
-    return PeerState(session.public_key, canonical_ips(ips), session.preshared_key)
+    if session.relay_endpoint is None:
+        return PeerState(session.public_key, canonical_ips(ips), session.preshared_key)
+    return PeerState(
+        session.public_key,
+        canonical_ips(ips),
+        session.preshared_key,
+        RELAY_KEEPALIVE_S,
+        session.relay_endpoint,
+    )
 
 
 def _same_shape(a: LiveSession, b: LiveSession) -> bool:
@@ -356,9 +371,19 @@ class Reconciler:
         for public_key in stale:
             self.wireguard.remove_peer(public_key)
             del kernel.peers[public_key]
-        changed = [peer for key, peer in sorted(wanted.items()) if kernel.peers.get(key) != peer]
+        changed = [
+            peer
+            for key, peer in sorted(wanted.items())
+            if needs_update(kernel.peers.get(key), peer)
+        ]
         for peer in changed:
-            self.wireguard.set_peer(peer.public_key, peer.preshared_key, peer.allowed_ips)
+            self.wireguard.set_peer(
+                peer.public_key,
+                peer.preshared_key,
+                peer.allowed_ips,
+                peer.endpoint,
+                peer.keepalive_s,
+            )
             kernel.peers[peer.public_key] = peer
         return len(changed), len(stale)
 

@@ -48,7 +48,6 @@ DEVICE_HOST = 20
 TECH_HOST = 50  # the technician's tunnel address in every home's pool
 DEVICE_SERVICES = (Service("tcp", PortRange.parse("443")), Service("tcp", PortRange.parse("80")))
 ROUTER_SERVICES = (Service("tcp", PortRange.parse("22")),)
-KEEPALIVE_S = 25
 
 
 @dataclass(frozen=True, slots=True)
@@ -291,7 +290,7 @@ class NatLab:
         self.wait_applied(home)
 
     def _start_relay(self) -> None:
-        self.write_paths([])
+        self.write_paths([], wait=False)
         argv = ztb_argv(
             "relay", "serve",
             "--listen", f"{RELAY_IP}:{RELAY_FIRST_PORT}",
@@ -324,6 +323,9 @@ class NatLab:
             grants=tuple(self.grant(home, g) for g in grants),
             expires_in=expires_in,
             preshared_key=psk,
+            relay_endpoint=(
+                self.relay_endpoint(home.relay_ports[1]) if home.reachability == "relay" else None
+            ),
         )
 
     @staticmethod
@@ -367,24 +369,21 @@ class NatLab:
             expires_in=expires_in,
         )
 
-    def write_paths(self, paths: list[RelayPath]) -> None:
+    def write_paths(self, paths: list[RelayPath], wait: bool = True) -> None:
+        """The relay's next document; by default wait until the relay applied it, so a
+        router that starts dialling finds its path open (as the broker orders it)."""
         self.relay_revision += 1
         state = RelayState("lab-relay", self.relay_revision, tuple(paths))
         write_atomic(self.paths_file, state.to_json(), 0o600, durable=False)
+        log = self.lab.run_dir / "relay.log"
+        needle = f'"revision": {self.relay_revision},'
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while wait and needle not in (log.read_text() if log.exists() else ""):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the relay did not apply revision {self.relay_revision}")
+            time.sleep(0.02)
 
-    # ------------------------------------------------------------------ wiring by hand
-    def wire_router_peer(self, home: NatHome) -> None:
-        """What the agent will do for a relayed session: dial the relay, keep it open."""
-        _, home_port = home.relay_ports
-        netns.run_in(
-            self.router_ns(home),
-            [
-                "wg", "set", self.router_wg(home), "peer", self.tech_keys.public,
-                "endpoint", self.relay_endpoint(home_port),
-                "persistent-keepalive", str(KEEPALIVE_S),
-            ],
-        )  # fmt: skip
-
+    # ------------------------------------------------------------------ technician
     def technician_endpoint(self, home: NatHome) -> str:
         if home.reachability == "direct":
             return f"{home.public_ip}:{WG_PORT}"
@@ -423,14 +422,12 @@ class NatLab:
     def open_sessions(self, grants: tuple[str, ...], expires_in: float) -> dict[int, LiveSession]:
         """One session per home for the NAT'd technician; relay paths for homes 2 and 3."""
         sessions: dict[int, LiveSession] = {}
+        self.write_paths([self.path(h, expires_in) for h in HOMES if h.reachability == "relay"])
         for home in HOMES:
             sessions[home.index] = self.session(home, grants, expires_in, self.new_psk())
             self.write_desired(home, [sessions[home.index]])
-        self.write_paths([self.path(h, expires_in) for h in HOMES if h.reachability == "relay"])
         for home in HOMES:
             self.wait_applied(home)
-            if home.reachability == "relay":
-                self.wire_router_peer(home)
         for home in HOMES:
             self.connect_technician(home, sessions[home.index])
         return sessions

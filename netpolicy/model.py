@@ -5,6 +5,9 @@ when the shape changes.
 
 - 1 (2026-11): first version. Lifetimes travel as ``expires_in`` seconds measured on the
   broker's clock when the document was made, so agent clock skew cannot stretch them.
+- 2 (2026-12-01): a session may carry ``relay_endpoint`` (``IP:PORT``, the home side of its
+  relay path): the router's peer for it dials the relay with a persistent keepalive of
+  ``RELAY_KEEPALIVE_S``, for homes behind NAT. Version-1 documents are still read.
 """
 
 from __future__ import annotations
@@ -26,7 +29,19 @@ from .validation import (
     validate_wireguard_key,
 )
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
+READABLE_VERSIONS = frozenset({1, PROTOCOL_VERSION})
+# Below every common NAT's UDP mapping timeout (30 s and up), as WireGuard advises.
+RELAY_KEEPALIVE_S = 25
+
+
+def parse_endpoint(text: str) -> str:
+    """``IPv4:PORT``, as a router's WireGuard peer endpoint needs it (no name to resolve)."""
+    host, sep, port = text.rpartition(":")
+    address = parse_address(host) if sep else None
+    if not isinstance(address, IPv4Address) or not port.isdigit() or not 0 < int(port) < 65536:
+        raise PolicyError(f"relay endpoint must be IPv4:PORT, not {text!r}")
+    return f"{address}:{int(port)}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,8 +118,11 @@ class LiveSession:
     expires_in: float
     preshared_key: str | None = field(default=None, repr=False)
     tunnel_ip6: IPv6Address | None = None
+    relay_endpoint: str | None = None
 
     def __post_init__(self) -> None:
+        if self.relay_endpoint is not None:
+            parse_endpoint(self.relay_endpoint)
         if not self.session_id or len(self.session_id) > 64:
             raise PolicyError("session id must be 1-64 characters")
         validate_public_key(self.public_key)
@@ -124,7 +142,7 @@ class LiveSession:
         object.__setattr__(self, "grants", merge_grants(self.grants))
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        data = {
             "session_id": self.session_id,
             "public_key": self.public_key,
             "preshared_key": self.preshared_key,
@@ -133,6 +151,9 @@ class LiveSession:
             "grants": [grant.to_dict() for grant in self.grants],
             "expires_in": self.expires_in,
         }
+        if self.relay_endpoint is not None:
+            data["relay_endpoint"] = self.relay_endpoint
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> LiveSession:
@@ -156,6 +177,9 @@ class LiveSession:
             tunnel_ip6=tunnel_ip6,
             grants=tuple(Grant.from_dict(g) for g in grants),
             expires_in=float(expires_in),
+            relay_endpoint=parse_endpoint(str(relay))
+            if (relay := data.get("relay_endpoint"))
+            else None,
         )
 
 
@@ -170,7 +194,7 @@ class DesiredState:
     version: int = PROTOCOL_VERSION
 
     def __post_init__(self) -> None:
-        if self.version != PROTOCOL_VERSION:
+        if self.version not in READABLE_VERSIONS:
             raise PolicyError(f"unsupported desired-state version {self.version}")
         if self.revision < 0:
             raise PolicyError("revision must not be negative")

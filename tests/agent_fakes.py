@@ -44,10 +44,22 @@ class FakeWireGuard:
         return [self.peers[key] for key in sorted(self.peers)]
 
     def set_peer(
-        self, public_key: str, preshared_key: str | None, allowed_ips: Sequence[str]
+        self,
+        public_key: str,
+        preshared_key: str | None,
+        allowed_ips: Sequence[str],
+        endpoint: str | None = None,
+        keepalive_s: int = 0,
     ) -> None:
         self.calls.append(f"set_peer {public_key}")
-        self.peers[public_key] = PeerState(public_key, canonical_ips(allowed_ips), preshared_key)
+        old = self.peers.get(public_key)
+        self.peers[public_key] = PeerState(
+            public_key,
+            canonical_ips(allowed_ips),
+            preshared_key,
+            keepalive_s,
+            endpoint or (old.endpoint if old else None),
+        )
 
     def remove_peer(self, public_key: str) -> None:
         self.calls.append(f"remove_peer {public_key}")

@@ -38,7 +38,7 @@ from .http_lite import BrokerLink, BrokerLinkError, CertificateRejected
 
 WAIT_S = 25
 BACKOFF_BASE_S = 1.0
-BACKOFF_CAP_S = 60.0
+BACKOFF_CAP_S = 10.0  # back on the long-poll within 10 s of a broker restart
 _RENEW_TIMEOUT_S = 120
 _RENEW_RETRY = timedelta(seconds=30)
 _NETWORK_ERRORS = (BrokerLinkError, OSError, StateError)

@@ -29,6 +29,10 @@ class PeerState:
     public_key: str
     allowed_ips: tuple[str, ...]
     preshared_key: str | None = field(default=None, repr=False)
+    keepalive_s: int = 0  # persistent keepalive; 0 = off (a relayed session's peer has one)
+    # Where the peer is dialled. Desired only for relayed sessions; WireGuard also learns
+    # it from the peer (roaming), so it is compared apart: see ``needs_update``.
+    endpoint: str | None = field(default=None, compare=False)
     last_handshake: float = field(default=0.0, compare=False)
     rx_bytes: int = field(default=0, compare=False)
     tx_bytes: int = field(default=0, compare=False)
@@ -51,15 +55,29 @@ class WireGuardBackend(Protocol):
         """Every peer on the interface; empty when the interface does not exist."""
 
     def set_peer(
-        self, public_key: str, preshared_key: str | None, allowed_ips: Sequence[str]
+        self,
+        public_key: str,
+        preshared_key: str | None,
+        allowed_ips: Sequence[str],
+        endpoint: str | None = None,
+        keepalive_s: int = 0,
     ) -> None:
-        """Add or update one peer, replacing its allowed-ips; other peers stay untouched."""
+        """Add or update one peer, replacing its allowed-ips; other peers stay untouched.
+        ``endpoint`` (``IP:PORT``) is set only when given; ``keepalive_s`` always."""
 
     def remove_peer(self, public_key: str) -> None:
         """Remove one peer; other peers stay untouched."""
 
     def delete_interface(self) -> bool:
         """Remove the interface (and the process behind it); False when it was not there."""
+
+
+def needs_update(have: PeerState | None, want: PeerState) -> bool:
+    """The kernel's peer differs from the wanted one. An endpoint counts only when one is
+    wanted (a relay path): then a peer that roamed elsewhere is pointed back."""
+    if have is None or have != want:
+        return True
+    return want.endpoint is not None and have.endpoint != want.endpoint
 
 
 def key_to_hex(key: str) -> str:

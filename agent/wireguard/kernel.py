@@ -37,6 +37,13 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+def _endpoint(value: Any) -> str | None:
+    """``IP:PORT`` of a peer's endpoint attribute as pyroute2 decodes it, else None."""
+    if isinstance(value, Mapping) and value.get("addr") and value.get("port"):
+        return f"{value['addr']}:{value['port']}"
+    return None
+
+
 def _attrs(message: Any) -> dict[str, Any]:
     return dict(message["attrs"])
 
@@ -68,6 +75,8 @@ def parse_device(messages: Iterable[Any]) -> tuple[dict[str, Any], list[PeerStat
                 public_key=key,
                 allowed_ips=canonical_ips(allowed.get(key, [])),
                 preshared_key=None if psk == _ZERO_KEY else psk,
+                keepalive_s=int(attrs.get("WGPEER_A_PERSISTENT_KEEPALIVE_INTERVAL") or 0),
+                endpoint=_endpoint(attrs.get("WGPEER_A_ENDPOINT")),
                 last_handshake=handshake.get("tv_sec", 0) + handshake.get("tv_nsec", 0) / 1e9,
                 rx_bytes=int(attrs.get("WGPEER_A_RX_BYTES") or 0),
                 tx_bytes=int(attrs.get("WGPEER_A_TX_BYTES") or 0),
@@ -125,14 +134,23 @@ class KernelWireGuard:
         return parse_device(self._wg().info(self.name))[1]
 
     def set_peer(
-        self, public_key: str, preshared_key: str | None, allowed_ips: Sequence[str]
+        self,
+        public_key: str,
+        preshared_key: str | None,
+        allowed_ips: Sequence[str],
+        endpoint: str | None = None,
+        keepalive_s: int = 0,
     ) -> None:
-        peer = {
+        peer: dict[str, Any] = {
             "public_key": public_key,
             "preshared_key": preshared_key or _ZERO_KEY,
+            "persistent_keepalive": keepalive_s,
             "replace_allowed_ips": True,
             "allowed_ips": list(canonical_ips(allowed_ips)),
         }
+        if endpoint:
+            host, _, port = endpoint.rpartition(":")
+            peer |= {"endpoint_addr": host, "endpoint_port": int(port)}
         self._call_set(peer=peer)
 
     def remove_peer(self, public_key: str) -> None:

@@ -93,6 +93,8 @@ def parse_peers(pairs: list[tuple[str, str]]) -> list[PeerState]:
                     public_key=str(key_from_hex(current["public_key"])),
                     allowed_ips=canonical_ips(allowed),
                     preshared_key=key_from_hex(current.get("preshared_key", "00" * 32)),
+                    keepalive_s=int(current.get("persistent_keepalive_interval", "0")),
+                    endpoint=current.get("endpoint"),
                     last_handshake=handshake,
                     rx_bytes=int(current.get("rx_bytes", "0")),
                     tx_bytes=int(current.get("tx_bytes", "0")),
@@ -113,11 +115,19 @@ def parse_peers(pairs: list[tuple[str, str]]) -> list[PeerState]:
     return peers
 
 
-def peer_lines(public_key: str, preshared_key: str | None, allowed_ips: Sequence[str]) -> list[str]:
+def peer_lines(
+    public_key: str,
+    preshared_key: str | None,
+    allowed_ips: Sequence[str],
+    endpoint: str | None = None,
+    keepalive_s: int = 0,
+) -> list[str]:
     """Add or update one peer; the zero PSK clears one, allowed-ips are replaced."""
     lines = [
         f"public_key={key_to_hex(public_key)}",
         f"preshared_key={key_to_hex(preshared_key) if preshared_key else '00' * 32}",
+        *([f"endpoint={endpoint}"] if endpoint else []),
+        f"persistent_keepalive_interval={keepalive_s}",
         "replace_allowed_ips=true",
     ]
     lines += [f"allowed_ip={ip}" for ip in canonical_ips(allowed_ips)]

@@ -139,9 +139,14 @@ class UserspaceWireGuard:
         return uapi.parse_peers(uapi.get(self._socket))
 
     def set_peer(
-        self, public_key: str, preshared_key: str | None, allowed_ips: Sequence[str]
+        self,
+        public_key: str,
+        preshared_key: str | None,
+        allowed_ips: Sequence[str],
+        endpoint: str | None = None,
+        keepalive_s: int = 0,
     ) -> None:
-        lines = uapi.peer_lines(public_key, preshared_key, allowed_ips)
+        lines = uapi.peer_lines(public_key, preshared_key, allowed_ips, endpoint, keepalive_s)
         uapi.set_lines(self._socket, lines, f"set peer {public_key}")
 
     def remove_peer(self, public_key: str) -> None:

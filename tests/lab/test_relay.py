@@ -1,7 +1,9 @@
 """The relay with real packets: homes behind NAT and CGNAT, a technician behind NAT.
 
-Relay paths are wired by hand here (relay document file, router peer endpoint set with
-``wg``); the technician uses stock ``wg-quick`` with the file ``render_wg_quick`` makes.
+Relay paths are wired without the broker: the relay reads its document from a file and
+each router's agent its desired state (whose relayed sessions carry ``relay_endpoint``, so
+the agent points the peer at the relay with a keepalive); the technician uses stock
+``wg-quick`` with the file ``render_wg_quick`` makes.
 Every "blocked" check has a matching "open" check on the same path.
 """
 
@@ -62,6 +64,10 @@ def test_the_natted_technician_reaches_the_granted_device_in_all_three_homes(
     nat: NatLab,
 ) -> None:
     _assert_open(nat, HOMES)
+    for home in HOMES[1:]:  # the agent pointed each relayed peer at the relay
+        dump = netns.run_in(nat.router_ns(home), ["wg", "show", nat.router_wg(home), "dump"])
+        peer = dump.stdout.strip().splitlines()[1].split("\t")
+        assert (peer[2], peer[7]) == (nat.relay_endpoint(home.relay_ports[1]), "25")
     for home in HOMES:
         since = time.time() - 10
         sources = {a.src for a in nat.lab.arrivals(nat.device_name(home), since)}
@@ -180,11 +186,10 @@ def _reopen(nat: NatLab, home: NatHome, expires_in: float) -> float:
     """A fresh session and path for ``home``; returns when the broker would have sent it."""
     written = time.time()
     session = nat.session(home, GRANTS, expires_in, nat.new_psk())
-    nat.write_desired(home, [session])
     others = [nat.path(h, 900) for h in HOMES if h.reachability == "relay" and h is not home]
     nat.write_paths([*others, nat.path(home, expires_in)])
+    nat.write_desired(home, [session])
     nat.wait_applied(home)
-    nat.wire_router_peer(home)
     nat.connect_technician(home, session)
     return written
 
@@ -202,7 +207,8 @@ def test_revoke_through_the_relay_drops_the_flow_within_a_second(nat: NatLab) ->
     time.sleep(1.0)
     revoked = time.time()
     nat.write_desired(home, [])
-    nat.write_paths([nat.path(h, 900) for h in HOMES if h.reachability == "relay" and h != home])
+    others = [nat.path(h, 900) for h in HOMES if h.reachability == "relay" and h != home]
+    nat.write_paths(others, wait=False)
     flow.join()
     (result,) = flows
     assert result.first_failure is not None, "access never ended"

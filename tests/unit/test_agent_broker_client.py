@@ -296,8 +296,8 @@ def test_backoff_is_exponential_jittered_and_capped() -> None:
     assert backoff_delay(0, lambda: 1.0) == 1.0
     assert backoff_delay(3, lambda: 0.0) == 4.0
     assert backoff_delay(3, lambda: 1.0) == 8.0
-    assert backoff_delay(100, lambda: 1.0) == 60.0
-    assert backoff_delay(100, lambda: 0.0) == 30.0
+    assert backoff_delay(100, lambda: 1.0) == 10.0
+    assert backoff_delay(100, lambda: 0.0) == 5.0
     assert backoff_delay(-5, lambda: 1.0) == 1.0
     ceilings = [backoff_delay(n, lambda: 1.0) for n in range(10)]
     assert ceilings == sorted(ceilings)

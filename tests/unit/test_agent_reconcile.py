@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import itertools
 from collections.abc import Sequence
+from dataclasses import replace
 from ipaddress import IPv4Address, IPv4Network, ip_address
 
 import pytest
@@ -12,6 +13,7 @@ import pytest
 from agent.nftables.backend import NftError
 from agent.reconcile import InterfaceSpec, Reconciler
 from netpolicy import DesiredState, Grant, HomeNetwork, LiveSession, PortRange
+from netpolicy.model import RELAY_KEEPALIVE_S
 from tests.agent_fakes import FakeNftables, FakeWireGuard
 
 NETWORK = HomeNetwork(
@@ -149,14 +151,30 @@ def test_elements_go_in_before_peers() -> None:
     set_peer = rig.wg.set_peer
 
     def recording_set(
-        public_key: str, preshared_key: str | None, allowed_ips: Sequence[str]
+        public_key: str,
+        preshared_key: str | None,
+        allowed_ips: Sequence[str],
+        endpoint: str | None = None,
+        keepalive_s: int = 0,
     ) -> None:
         seen.append(rig.nft.state_text())
-        set_peer(public_key, preshared_key, allowed_ips)
+        set_peer(public_key, preshared_key, allowed_ips, endpoint, keepalive_s)
 
     rig.wg.set_peer = recording_set  # type: ignore[method-assign]
     rig.reconciler.apply(make_state(2, make_session(1), make_session(2)))
     assert "100.64.0.3" in seen[0]
+
+
+def test_a_relayed_session_peer_dials_the_relay_and_is_pointed_back_after_roaming() -> None:
+    rig = Rig()
+    session = replace(make_session(1), relay_endpoint="203.0.113.50:40001")
+    rig.reconciler.apply(make_state(1, session))
+    (peer,) = rig.wg.list_peers()
+    assert (peer.endpoint, peer.keepalive_s) == ("203.0.113.50:40001", RELAY_KEEPALIVE_S)
+    rig.wg.peers[peer.public_key] = replace(peer, endpoint="198.51.100.99:40000")  # roamed
+    rig.reconciler.apply(make_state(1, session), relist=True)
+    (peer,) = rig.wg.list_peers()
+    assert peer.endpoint == "203.0.113.50:40001"
 
 
 def test_same_revision_keeps_the_deadline() -> None:

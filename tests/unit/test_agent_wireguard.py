@@ -36,11 +36,17 @@ def test_peer_lines_are_incremental_with_hex_psk_and_no_endpoint() -> None:
     assert lines == [
         f"public_key={key_to_hex(PUB)}",
         f"preshared_key={'07' * 32}",
+        "persistent_keepalive_interval=0",
         "replace_allowed_ips=true",
         "allowed_ip=100.64.0.9/32",
         "allowed_ip=fd00::9/128",
     ]
     assert not any(line.startswith(("replace_peers", "endpoint")) for line in lines)
+
+
+def test_a_relayed_peer_dials_the_relay_with_a_keepalive() -> None:
+    lines = wg_uapi.peer_lines(PUB, None, ["100.64.0.9/32"], "203.0.113.50:40001", 25)
+    assert lines[2:4] == ["endpoint=203.0.113.50:40001", "persistent_keepalive_interval=25"]
     assert wg_uapi.peer_lines(PUB, None, [])[1] == f"preshared_key={'00' * 32}"
     assert wg_uapi.remove_peer_lines(PUB) == [f"public_key={key_to_hex(PUB)}", "remove=true"]
 
@@ -201,6 +207,7 @@ def test_kernel_backend_sets_and_removes_one_peer_at_a_time() -> None:
             "peer": {
                 "public_key": PUB,
                 "preshared_key": base64.b64encode(bytes(32)).decode(),
+                "persistent_keepalive": 0,
                 "replace_allowed_ips": True,
                 "allowed_ips": ["100.64.0.9/32"],
             },
