@@ -8,20 +8,28 @@ from typing import Any
 
 from sqlalchemy import Connection, bindparam, select
 
-from netpolicy import DesiredState, Grant, HomeNetwork, LiveSession, validate_public_key
+from netpolicy import (
+    AgentReport,
+    DesiredState,
+    Grant,
+    HomeNetwork,
+    LiveSession,
+    PolicyError,
+    validate_public_key,
+)
 
 from . import enroll_token, pki
 from .auth import AgentPrincipal
 from .clock import rfc3339
-from .context import UnitOfWork
+from .context import Broker, UnitOfWork
 from .counters import counter_key
 from .db.models import (
     LIVE_STATES,
     AccessSession,
-    Agent,
     AgentCertificate,
     EnrollmentToken,
     Home,
+    HomeAgent,
     table_of,
 )
 from .errors import ApiError, denied
@@ -85,12 +93,25 @@ def state_at_revision(
     return StateAtRevision(revision, state, timed)
 
 
-def record_report(uow: UnitOfWork, agent: AgentPrincipal, report: dict[str, Any]) -> None:
+def receive_report(broker: Broker, agent: AgentPrincipal, body: bytes) -> None:
+    """Parse an agent's report (``netpolicy.AgentReport``) and store what it says.
+
+    A report that does not parse is refused whole with 400 and the refusal is audited:
+    nothing of it is stored. Parsing happens before the transaction, so a large report
+    does not hold the write lock while it is checked."""
+    try:
+        report = AgentReport.from_json(body)
+    except PolicyError as exc:
+        raise denied(400, str(exc), agent.actor, "agent.report", agent.home_id) from None
+    broker.run(lambda uow: record_report(uow, agent, report))
+
+
+def record_report(uow: UnitOfWork, agent: AgentPrincipal, report: AgentReport) -> None:
     """Applied revision makes sessions active; handshakes and counters feed the report."""
     home = uow.db.get(Home, agent.home_id)
-    row = uow.db.get(Agent, agent.agent_id)
+    row = uow.db.get(HomeAgent, agent.agent_id)
     assert home is not None and row is not None
-    revision = int(report["revision"])
+    revision = report.revision
     if revision > home.revision:
         raise ApiError(422, f"revision {revision} is newer than the home's {home.revision}")
     row.applied_revision = max(row.applied_revision, revision)
@@ -105,19 +126,18 @@ def record_report(uow: UnitOfWork, agent: AgentPrincipal, report: dict[str, Any]
         )
     }
     live_by_key = {s.public_key: s for s in sessions.values() if s.state in LIVE_STATES}
-    for peer in report["peers"]:
-        peer_session = live_by_key.get(peer["public_key"])
-        if peer_session is not None and peer.get("last_handshake"):
-            handshake = datetime.fromtimestamp(float(peer["last_handshake"]), UTC)
-            peer_session.last_handshake = handshake
-    for element in report["elements"]:
-        counted = sessions.get(element["session_id"])
+    for peer in report.peers:
+        peer_session = live_by_key.get(peer.public_key)
+        if peer_session is not None and peer.last_handshake:
+            peer_session.last_handshake = datetime.fromtimestamp(peer.last_handshake, UTC)
+    for element in report.elements:
+        counted = sessions.get(element.session_id)
         if counted is None:
             continue  # not this home's: an agent reports only about its own home
-        key = counter_key(element["device_ip"], element["proto"], element["ports"])
+        key = counter_key(str(element.device_ip), element.proto, str(element.ports))
         counted.counters = {
             **counted.counters,
-            key: {"packets": int(element["packets"]), "bytes": int(element["bytes"])},
+            key: {"packets": element.packets, "bytes": element.bytes},
         }
 
 
@@ -132,7 +152,7 @@ def ca_pem(uow: UnitOfWork) -> dict[str, Any]:
     return {"ca_pem": _ca(uow).certificate_pem}
 
 
-def issue_certificate(uow: UnitOfWork, agent: Agent, csr_pem: str) -> str:
+def issue_certificate(uow: UnitOfWork, agent: HomeAgent, csr_pem: str) -> str:
     """Sign ``csr_pem`` for ``agent`` and record it; a bad CSR raises 400 before any change."""
     lifetime = timedelta(seconds=uow.broker.settings.agent_cert_lifetime_s)
     try:
@@ -196,7 +216,7 @@ def enroll(uow: UnitOfWork, body: dict[str, Any]) -> dict[str, Any]:
     home = uow.db.get(Home, row.home_id)
     assert home is not None
     row.used_at = uow.now
-    agent = Agent(
+    agent = HomeAgent(
         id=new_id("agt"),
         home_id=home.id,
         wg_public_key=body["wg_public_key"],
@@ -233,7 +253,7 @@ def enroll(uow: UnitOfWork, body: dict[str, Any]) -> dict[str, Any]:
 def renew(uow: UnitOfWork, caller: AgentPrincipal, csr_pem: str) -> dict[str, Any]:
     """A new certificate for the caller's own identity; the one it called with stays good
     until the new one is first seen."""
-    agent = uow.db.get(Agent, caller.agent_id)
+    agent = uow.db.get(HomeAgent, caller.agent_id)
     assert agent is not None
     previous = caller.serial
     certificate = issue_certificate(uow, agent, csr_pem)
@@ -251,11 +271,11 @@ def renew(uow: UnitOfWork, caller: AgentPrincipal, csr_pem: str) -> dict[str, An
     return {"certificate_pem": certificate}
 
 
-def revoke_agent(uow: UnitOfWork, home: Home, agent_ref: str, actor: str) -> Agent:
+def revoke_agent(uow: UnitOfWork, home: Home, agent_ref: str, actor: str) -> HomeAgent:
     """Cut an agent off at once: every request checks ``revoked_at``. Its grants already in
     the kernel still expire on their own."""
     agent = uow.db.scalars(
-        select(Agent).where(Agent.home_id == home.id, Agent.id == agent_ref)
+        select(HomeAgent).where(HomeAgent.home_id == home.id, HomeAgent.id == agent_ref)
     ).first()
     if agent is None:
         raise ApiError(404, "agent not found")
@@ -265,9 +285,13 @@ def revoke_agent(uow: UnitOfWork, home: Home, agent_ref: str, actor: str) -> Age
     if home.agent_public_key == agent.wg_public_key:
         # Technicians' configs must name a router that still runs: the newest other agent.
         successor = uow.db.scalars(
-            select(Agent)
-            .where(Agent.home_id == home.id, Agent.revoked_at.is_(None), Agent.id != agent.id)
-            .order_by(Agent.created_at.desc())
+            select(HomeAgent)
+            .where(
+                HomeAgent.home_id == home.id,
+                HomeAgent.revoked_at.is_(None),
+                HomeAgent.id != agent.id,
+            )
+            .order_by(HomeAgent.created_at.desc())
         ).first()
         home.agent_public_key = successor.wg_public_key if successor else None
         home.endpoint = successor.endpoint if successor else home.endpoint

@@ -18,7 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from netpolicy import PolicyError
 
 from . import audit, pki, secret_key
-from .auth import write_last_seen
+from .agent_standing import write_last_seen
 from .clock import Clock, system_clock
 from .config import Settings
 from .context import Broker

@@ -12,7 +12,7 @@ from __future__ import annotations
 from sqlalchemy import select
 
 from . import audit
-from .auth import write_last_seen
+from .agent_standing import write_last_seen
 from .context import Broker, UnitOfWork
 from .db.models import AccessSession
 from .lifecycle_service import DUE, due_params, expire_if_due

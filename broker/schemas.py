@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -107,28 +107,3 @@ class Enrollment(Body):
 
 class Renewal(Body):
     csr_pem: str = Field(max_length=16384)
-
-
-class Peer(BaseModel):
-    public_key: str = Field(max_length=64)
-    last_handshake: float | None = Field(default=None, ge=0)
-    rx_bytes: int = Field(default=0, ge=0)
-    tx_bytes: int = Field(default=0, ge=0)
-
-
-class Element(BaseModel):
-    session_id: str = Field(max_length=64)
-    device_ip: str = Field(max_length=64)
-    proto: Literal["tcp", "udp"]
-    ports: str = Field(max_length=16)
-    packets: int = Field(ge=0)
-    bytes: int = Field(ge=0)
-    final: bool = False
-
-
-class Report(Body):
-    version: Literal[1] = 1
-    revision: int = Field(ge=0)
-    peers: list[Peer] = Field(default_factory=list, max_length=4096)
-    elements: list[Element] = Field(default_factory=list, max_length=65536)
-    neighbours: list[dict[str, Any]] = Field(default_factory=list, max_length=4096)

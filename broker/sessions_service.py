@@ -19,11 +19,12 @@ from netpolicy.wgquick import TechnicianConfig, render_wg_quick
 
 from . import lifecycle_service as lifecycle
 from .access import home_for, require_role, session_for
-from .auth import Principal, accept_totp
+from .auth import Principal
 from .context import Broker, UnitOfWork
 from .db.models import LIVE_STATES, AccessSession, Home, User
 from .errors import ApiError, denied
 from .expiry import ACTOR as EXPIRY_ACTOR
+from .totp import accept_totp
 from .views import session_view
 
 DECIDERS = ("admin", "homeowner")

@@ -22,10 +22,12 @@ from typing import Any
 
 from sqlalchemy import select
 
-from .auth import Principal, accept_totp, check_password
+from .auth import Principal
 from .context import Broker, UnitOfWork
 from .db.models import Home, User
 from .errors import denied
+from .passwords import check_password
+from .totp import accept_totp
 from .webhooks import Delivery
 
 HEADER = "X-Ztb-Step-Up"

@@ -9,17 +9,18 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-import pyotp
 from sqlalchemy import bindparam, select
 
 from . import stepup
 from .access import require_role
-from .auth import Principal, accept_totp, check_password, hash_password, totp_uri
+from .auth import Principal
 from .clock import rfc3339
 from .context import Broker, UnitOfWork
 from .db.models import ApiToken, User
 from .errors import ApiError, denied
 from .ids import digest, new_id, new_secret
+from .passwords import check_password, hash_password
+from .totp import accept_totp, new_totp_secret, totp_uri
 from .views import user_view
 
 
@@ -121,7 +122,7 @@ def start_totp(uow: UnitOfWork, principal: Principal) -> dict[str, str]:
     user = _me(uow, principal)
     if user.totp_enabled:
         raise ApiError(409, "TOTP is already enabled")
-    user.totp_secret = pyotp.random_base32()
+    user.totp_secret = new_totp_secret()
     return {"secret": user.totp_secret, "uri": totp_uri(user.totp_secret, user.email)}
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from .clock import rfc3339
-from .db.models import AccessSession, Agent, ApiToken, Device, Home, User
+from .db.models import AccessSession, ApiToken, Device, Home, HomeAgent, User
 
 
 def user_view(user: User) -> dict[str, Any]:
@@ -28,7 +28,7 @@ def token_view(token: ApiToken) -> dict[str, Any]:
     }
 
 
-def agent_view(agent: Agent) -> dict[str, Any]:
+def agent_view(agent: HomeAgent) -> dict[str, Any]:
     return {
         "id": agent.id,
         "interface": agent.interface,
@@ -43,7 +43,7 @@ def agent_view(agent: Agent) -> dict[str, Any]:
     }
 
 
-def home_view(home: Home, agents: list[Agent]) -> dict[str, Any]:
+def home_view(home: Home, agents: list[HomeAgent]) -> dict[str, Any]:
     """For the home's owner and admins."""
     return {
         "id": home.id,

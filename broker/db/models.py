@@ -93,7 +93,10 @@ class Device(Base):
     mac: Mapped[str | None] = mapped_column(String(17))
 
 
-class Agent(Base):
+class HomeAgent(Base):
+    """An enrolled agent of a home (its certificate, WireGuard key, standing); not the
+    agent's reconciler (``agent.reconcile``)."""
+
     __tablename__ = "agents"
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)

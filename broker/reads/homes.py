@@ -10,14 +10,14 @@ from sqlalchemy.orm import Session
 
 from ..access import can_see_home, home_for
 from ..auth import Principal
-from ..db.models import Agent, Device, Home
+from ..db.models import Device, Home, HomeAgent
 from ..views import device_view, home_summary, home_view
 from .names import Names, names_for
 
 
 def home_with_agents(db: Session, home: Home, names: Names | None = None) -> dict[str, Any]:
     """The whole home, with its owner's email (``names`` when the caller looked many up)."""
-    agents = list(db.scalars(select(Agent).where(Agent.home_id == home.id)))
+    agents = list(db.scalars(select(HomeAgent).where(HomeAgent.home_id == home.id)))
     emails = (names or names_for(db, user_ids=[home.owner_id])).emails
     return {**home_view(home, agents), "owner_email": emails.get(home.owner_id)}
 

@@ -9,9 +9,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from ..access import require_role
-from ..auth import Principal, totp_uri
+from ..auth import Principal
 from ..db.models import ApiToken, User
 from ..ids import digest
+from ..totp import totp_uri
 from ..views import token_view, user_view
 from .names import names_for
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 
 import anyio
 import pytest
+from sqlalchemy import select
 
-from broker.db.models import Agent
+from broker.db.models import AuditEvent, HomeAgent
 from broker.state_cache import DesiredStates, StateAtRevision
 from netpolicy import DesiredState
 
@@ -90,7 +92,7 @@ async def test_last_seen_is_written_in_batches(harness: Harness) -> None:
 
 def _last_seen(h: Harness, agent_id: str) -> datetime | None:
     with h.broker.sessionmaker() as db:
-        agent = db.get(Agent, agent_id)
+        agent = db.get(HomeAgent, agent_id)
         assert agent is not None
         return agent.last_seen_at
 
@@ -112,3 +114,37 @@ async def test_polls_woken_together_all_get_the_new_revision(harness: Harness) -
         await anyio.sleep(0.3)  # all five are waiting
         await _approve(h, w.tech_a, w.owner_a, 900)
     assert answers == [2] * 5
+
+
+async def test_a_bad_report_is_refused_whole_and_audited(harness: Harness) -> None:
+    """``netpolicy.AgentReport`` reads the report: one bad element refuses all of it (400),
+    the refusal is in the audit chain, and nothing of it is stored."""
+    h = harness
+    w = await h.world()
+    sid = (await _approve(h, w.tech_a, w.owner_a, 900))["id"]
+    good = {
+        "session_id": sid,
+        "device_ip": "192.168.1.20",
+        "proto": "tcp",
+        "ports": "443",
+        "packets": 5,
+        "bytes": 500,
+    }
+    bad_bodies: list[dict[str, object]] = [
+        {"json": {"revision": 2, "elements": [good, {**good, "packets": -1}]}},
+        {"json": {"revision": 2, "neighbours": []}},  # not part of the report model
+        {"content": b"{not json", "headers": {"content-type": "application/json"}},
+    ]
+    for body in bad_bodies:
+        answer = await h.call("POST", "/v1/agent/report", w.agent_a, **body)
+        assert answer.status_code == 400 and answer.json()["detail"].startswith("report")
+    shown = await h.ok("GET", f"/v1/sessions/{sid}/report", w.owner_a)
+    assert shown["session"]["state"] == "approved" and shown["grants"][0]["packets"] == 0
+    with h.broker.read() as db:
+        refusals = db.scalars(select(AuditEvent).where(AuditEvent.action == "denied")).all()
+    attempts = [(e.actor, json.loads(e.details)["attempt"]) for e in refusals]
+    assert attempts == [(f"agent:{w.agent_a.agent_id}", "agent.report")] * 3
+
+    await h.ok("POST", "/v1/agent/report", w.agent_a, json={"revision": 2, "elements": [good]})
+    shown = await h.ok("GET", f"/v1/sessions/{sid}/report", w.owner_a)
+    assert shown["session"]["state"] == "active" and shown["grants"][0]["packets"] == 5

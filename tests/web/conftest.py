@@ -33,6 +33,7 @@ from broker.auth import AgentPrincipal
 from broker.bootstrap import bootstrap
 from broker.config import Settings
 from broker.web.security import CookiePolicy
+from netpolicy import AgentReport
 from tests.prerequisites import unavailable
 
 if TYPE_CHECKING:
@@ -291,7 +292,8 @@ def agent_reports(world: World, home: Home, session: dict[str, Any], sent_bytes:
             }
         ],
     }
-    world.app.state.broker.run(lambda uow: record_report(uow, agent, {"neighbours": [], **report}))
+    parsed = AgentReport.from_dict(report)
+    world.app.state.broker.run(lambda uow: record_report(uow, agent, parsed))
 
 
 @pytest.fixture
