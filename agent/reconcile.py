@@ -377,13 +377,7 @@ class Reconciler:
             if needs_update(kernel.peers.get(key), peer)
         ]
         for peer in changed:
-            self.wireguard.set_peer(
-                peer.public_key,
-                peer.preshared_key,
-                peer.allowed_ips,
-                peer.endpoint,
-                peer.keepalive_s,
-            )
+            self.wireguard.set_peer(peer.config())
             kernel.peers[peer.public_key] = peer
         return len(changed), len(stale)
 

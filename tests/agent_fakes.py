@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agent.nftables.backend import Listing, NftError
-from agent.wireguard.backend import PeerState, canonical_ips
+from agent.wireguard.backend import PeerConfig, PeerState, canonical_ips
 from netpolicy.nft import FAMILY, TABLE, Command, ElementKey, KernelElement
 
 
@@ -43,22 +43,15 @@ class FakeWireGuard:
     def list_peers(self) -> list[PeerState]:
         return [self.peers[key] for key in sorted(self.peers)]
 
-    def set_peer(
-        self,
-        public_key: str,
-        preshared_key: str | None,
-        allowed_ips: Sequence[str],
-        endpoint: str | None = None,
-        keepalive_s: int = 0,
-    ) -> None:
-        self.calls.append(f"set_peer {public_key}")
-        old = self.peers.get(public_key)
-        self.peers[public_key] = PeerState(
-            public_key,
-            canonical_ips(allowed_ips),
-            preshared_key,
-            keepalive_s,
-            endpoint or (old.endpoint if old else None),
+    def set_peer(self, peer: PeerConfig) -> None:
+        self.calls.append(f"set_peer {peer.public_key}")
+        old = self.peers.get(peer.public_key)
+        self.peers[peer.public_key] = PeerState(
+            peer.public_key,
+            canonical_ips(peer.allowed_ips),
+            peer.preshared_key,
+            peer.keepalive_s,
+            peer.endpoint or (old.endpoint if old else None),
         )
 
     def remove_peer(self, public_key: str) -> None:

@@ -23,6 +23,17 @@ class WireGuardError(RuntimeError):
 
 
 @dataclass(frozen=True, slots=True)
+class PeerConfig:
+    """One peer as ``set_peer`` writes it: the fields the agent chooses, nothing observed."""
+
+    public_key: str
+    allowed_ips: tuple[str, ...]
+    preshared_key: str | None = field(default=None, repr=False)
+    endpoint: str | None = None  # ``IP:PORT``; set only when given (a relayed session)
+    keepalive_s: int = 0  # persistent keepalive; 0 = off, always written
+
+
+@dataclass(frozen=True, slots=True)
 class PeerState:
     """One peer as the device reports it. Observed fields do not take part in equality."""
 
@@ -36,6 +47,12 @@ class PeerState:
     last_handshake: float = field(default=0.0, compare=False)
     rx_bytes: int = field(default=0, compare=False)
     tx_bytes: int = field(default=0, compare=False)
+
+    def config(self) -> PeerConfig:
+        """What ``set_peer`` needs to make the device hold this peer."""
+        return PeerConfig(
+            self.public_key, self.allowed_ips, self.preshared_key, self.endpoint, self.keepalive_s
+        )
 
 
 class WireGuardBackend(Protocol):
@@ -54,16 +71,9 @@ class WireGuardBackend(Protocol):
     def list_peers(self) -> list[PeerState]:
         """Every peer on the interface; empty when the interface does not exist."""
 
-    def set_peer(
-        self,
-        public_key: str,
-        preshared_key: str | None,
-        allowed_ips: Sequence[str],
-        endpoint: str | None = None,
-        keepalive_s: int = 0,
-    ) -> None:
+    def set_peer(self, peer: PeerConfig) -> None:
         """Add or update one peer, replacing its allowed-ips; other peers stay untouched.
-        ``endpoint`` (``IP:PORT``) is set only when given; ``keepalive_s`` always."""
+        ``peer.endpoint`` is set only when given; ``peer.keepalive_s`` always."""
 
     def remove_peer(self, public_key: str) -> None:
         """Remove one peer; other peers stay untouched."""

@@ -12,7 +12,7 @@ import base64
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
-from .backend import KEY_BYTES, PeerState, WireGuardError, canonical_ips
+from .backend import KEY_BYTES, PeerConfig, PeerState, WireGuardError, canonical_ips
 from .link import bring_up, delete_link, ip, link_kind, validate_ifname
 
 _ZERO_KEY = base64.b64encode(bytes(KEY_BYTES)).decode()
@@ -133,25 +133,18 @@ class KernelWireGuard:
             return []
         return parse_device(self._wg().info(self.name))[1]
 
-    def set_peer(
-        self,
-        public_key: str,
-        preshared_key: str | None,
-        allowed_ips: Sequence[str],
-        endpoint: str | None = None,
-        keepalive_s: int = 0,
-    ) -> None:
-        peer: dict[str, Any] = {
-            "public_key": public_key,
-            "preshared_key": preshared_key or _ZERO_KEY,
-            "persistent_keepalive": keepalive_s,
+    def set_peer(self, peer: PeerConfig) -> None:
+        attrs: dict[str, Any] = {
+            "public_key": peer.public_key,
+            "preshared_key": peer.preshared_key or _ZERO_KEY,
+            "persistent_keepalive": peer.keepalive_s,
             "replace_allowed_ips": True,
-            "allowed_ips": list(canonical_ips(allowed_ips)),
+            "allowed_ips": list(canonical_ips(peer.allowed_ips)),
         }
-        if endpoint:
-            host, _, port = endpoint.rpartition(":")
-            peer |= {"endpoint_addr": host, "endpoint_port": int(port)}
-        self._call_set(peer=peer)
+        if peer.endpoint:
+            host, _, port = peer.endpoint.rpartition(":")
+            attrs |= {"endpoint_addr": host, "endpoint_port": int(port)}
+        self._call_set(peer=attrs)
 
     def remove_peer(self, public_key: str) -> None:
         self._call_set(peer={"public_key": public_key, "remove": True})

@@ -11,7 +11,7 @@ import socket
 from collections.abc import Sequence
 from pathlib import Path
 
-from .backend import PeerState, WireGuardError, canonical_ips, key_from_hex, key_to_hex
+from .backend import PeerConfig, PeerState, WireGuardError, canonical_ips, key_from_hex, key_to_hex
 
 SOCKET_DIR = Path("/var/run/wireguard")
 _TIMEOUT_S = 10.0
@@ -115,22 +115,17 @@ def parse_peers(pairs: list[tuple[str, str]]) -> list[PeerState]:
     return peers
 
 
-def peer_lines(
-    public_key: str,
-    preshared_key: str | None,
-    allowed_ips: Sequence[str],
-    endpoint: str | None = None,
-    keepalive_s: int = 0,
-) -> list[str]:
+def peer_lines(peer: PeerConfig) -> list[str]:
     """Add or update one peer; the zero PSK clears one, allowed-ips are replaced."""
+    psk = peer.preshared_key
     lines = [
-        f"public_key={key_to_hex(public_key)}",
-        f"preshared_key={key_to_hex(preshared_key) if preshared_key else '00' * 32}",
-        *([f"endpoint={endpoint}"] if endpoint else []),
-        f"persistent_keepalive_interval={keepalive_s}",
+        f"public_key={key_to_hex(peer.public_key)}",
+        f"preshared_key={key_to_hex(psk) if psk else '00' * 32}",
+        *([f"endpoint={peer.endpoint}"] if peer.endpoint else []),
+        f"persistent_keepalive_interval={peer.keepalive_s}",
         "replace_allowed_ips=true",
     ]
-    lines += [f"allowed_ip={ip}" for ip in canonical_ips(allowed_ips)]
+    lines += [f"allowed_ip={ip}" for ip in canonical_ips(peer.allowed_ips)]
     return lines
 
 

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from . import uapi
-from .backend import PeerState, WireGuardError, key_to_hex
+from .backend import PeerConfig, PeerState, WireGuardError, key_to_hex
 from .link import bring_up, delete_link, link_kind, validate_ifname
 
 _START_TIMEOUT_S = 10.0
@@ -138,16 +138,8 @@ class UserspaceWireGuard:
             return []
         return uapi.parse_peers(uapi.get(self._socket))
 
-    def set_peer(
-        self,
-        public_key: str,
-        preshared_key: str | None,
-        allowed_ips: Sequence[str],
-        endpoint: str | None = None,
-        keepalive_s: int = 0,
-    ) -> None:
-        lines = uapi.peer_lines(public_key, preshared_key, allowed_ips, endpoint, keepalive_s)
-        uapi.set_lines(self._socket, lines, f"set peer {public_key}")
+    def set_peer(self, peer: PeerConfig) -> None:
+        uapi.set_lines(self._socket, uapi.peer_lines(peer), f"set peer {peer.public_key}")
 
     def remove_peer(self, public_key: str) -> None:
         lines = uapi.remove_peer_lines(public_key)

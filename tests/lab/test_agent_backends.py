@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from agent.wireguard.backend import PeerConfig
 from agent.wireguard.uapi import socket_path
 from netpolicy import AgentReport, nft
 from tests.unit.test_agent_reconcile import key, make_session, make_state
@@ -140,9 +141,9 @@ def wireguard_go_steps(ifname: str) -> dict[str, Any]:
     backend.ensure_interface(private, 51900, ["100.64.0.1/32"], ["100.64.0.0/24"])
     pid = daemon_pid(ifname)
     backend.ensure_interface(private, 51900, ["100.64.0.1/32"], ["100.64.0.0/24"])
-    backend.set_peer(key(1), key(101), ["100.64.0.2/32"])
-    backend.set_peer(key(2), None, ["100.64.0.3/32"])
-    backend.set_peer(key(1), key(101), ["100.64.0.2/32", "fd00::2/128"])
+    backend.set_peer(PeerConfig(key(1), ("100.64.0.2/32",), key(101)))
+    backend.set_peer(PeerConfig(key(2), ("100.64.0.3/32",)))
+    backend.set_peer(PeerConfig(key(1), ("100.64.0.2/32", "fd00::2/128"), key(101)))
     backend.remove_peer(key(2))
     return {
         "pid": pid,

@@ -19,6 +19,7 @@ from agent.broker_link.http_lite import BrokerLink, Reply
 from agent.broker_link.source import BrokerSource, RenewalOutcome, renew_in_child
 from agent.runner import Runner
 from agent.state_dir import CertificateValidity, StateDir
+from agent.wireguard.backend import PeerConfig
 from netpolicy import AgentReport
 from netpolicy.nft import ElementKey
 from tests.unit.test_agent_broker_client import FakeTransport, Sent, reply
@@ -272,7 +273,7 @@ def test_report_leaves_out_what_no_session_owns() -> None:
     rig = Rig()
     assert rig.reconciler.report().report is None  # no document yet: no revision to report
     rig.reconciler.apply(make_state(4, make_session(1)))
-    rig.wg.set_peer(key(9), None, ["100.64.0.99/32"])  # an orphan peer, until the resync
+    rig.wg.set_peer(PeerConfig(key(9), ("100.64.0.99/32",)))  # an orphan peer, until the resync
     orphan = ElementKey(4, "100.64.0.99", "192.168.1.10", "tcp", 22, 22)
     rig.nft.run([{"add": {"element": {"family": "inet", "table": "ztb", "name": "grants4",
                  "elem": [{"elem": {"val": orphan.value(), "timeout": 60}}]}}}])  # fmt: skip

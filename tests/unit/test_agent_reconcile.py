@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import itertools
-from collections.abc import Sequence
 from dataclasses import replace
 from ipaddress import IPv4Address, IPv4Network, ip_address
 
@@ -12,6 +11,7 @@ import pytest
 
 from agent.nftables.backend import NftError
 from agent.reconcile import InterfaceSpec, Reconciler
+from agent.wireguard.backend import PeerConfig
 from netpolicy import DesiredState, Grant, HomeNetwork, LiveSession, PortRange
 from netpolicy.model import RELAY_KEEPALIVE_S
 from tests.agent_fakes import FakeNftables, FakeWireGuard
@@ -150,15 +150,9 @@ def test_elements_go_in_before_peers() -> None:
     seen: list[str] = []
     set_peer = rig.wg.set_peer
 
-    def recording_set(
-        public_key: str,
-        preshared_key: str | None,
-        allowed_ips: Sequence[str],
-        endpoint: str | None = None,
-        keepalive_s: int = 0,
-    ) -> None:
+    def recording_set(peer: PeerConfig) -> None:
         seen.append(rig.nft.state_text())
-        set_peer(public_key, preshared_key, allowed_ips, endpoint, keepalive_s)
+        set_peer(peer)
 
     rig.wg.set_peer = recording_set  # type: ignore[method-assign]
     rig.reconciler.apply(make_state(2, make_session(1), make_session(2)))
@@ -250,7 +244,7 @@ def test_timer_removes_the_peer_when_the_deadline_passes() -> None:
 def test_startup_removes_stale_peers_and_elements() -> None:
     rig = Rig()
     rig.reconciler.apply(make_state(1, make_session(1), make_session(2)))
-    rig.wg.set_peer(key(50), None, ["100.64.0.60/32"])  # an orphan nobody asked for
+    rig.wg.set_peer(PeerConfig(key(50), ("100.64.0.60/32",)))  # an orphan nobody asked for
     rig.restart().apply(make_state(2, make_session(2)))
     assert sorted(rig.wg.peers) == [key(2)]
     assert rig.nft.state_text() == "grants4 100.64.0.3 . 192.168.1.10 . tcp . 443 timeout 600"

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from agent.wireguard import uapi as wg_uapi
-from agent.wireguard.backend import WireGuardError, key_from_hex, key_to_hex
+from agent.wireguard.backend import PeerConfig, WireGuardError, key_from_hex, key_to_hex
 from agent.wireguard.kernel import KernelWireGuard, parse_device
 
 PUB = base64.b64encode(bytes(range(32))).decode()
@@ -32,7 +32,9 @@ def test_keys_convert_between_base64_and_hex() -> None:
 
 
 def test_peer_lines_are_incremental_with_hex_psk_and_no_endpoint() -> None:
-    lines = wg_uapi.peer_lines(PUB, PSK, ["100.64.0.9/32", "fd00::9/128", "100.64.0.9/32"])
+    lines = wg_uapi.peer_lines(
+        PeerConfig(PUB, ("100.64.0.9/32", "fd00::9/128", "100.64.0.9/32"), PSK)
+    )
     assert lines == [
         f"public_key={key_to_hex(PUB)}",
         f"preshared_key={'07' * 32}",
@@ -45,9 +47,11 @@ def test_peer_lines_are_incremental_with_hex_psk_and_no_endpoint() -> None:
 
 
 def test_a_relayed_peer_dials_the_relay_with_a_keepalive() -> None:
-    lines = wg_uapi.peer_lines(PUB, None, ["100.64.0.9/32"], "203.0.113.50:40001", 25)
+    lines = wg_uapi.peer_lines(
+        PeerConfig(PUB, ("100.64.0.9/32",), endpoint="203.0.113.50:40001", keepalive_s=25)
+    )
     assert lines[2:4] == ["endpoint=203.0.113.50:40001", "persistent_keepalive_interval=25"]
-    assert wg_uapi.peer_lines(PUB, None, [])[1] == f"preshared_key={'00' * 32}"
+    assert wg_uapi.peer_lines(PeerConfig(PUB, ()))[1] == f"preshared_key={'00' * 32}"
     assert wg_uapi.remove_peer_lines(PUB) == [f"public_key={key_to_hex(PUB)}", "remove=true"]
 
 
@@ -198,7 +202,7 @@ def test_netlink_dump_split_over_messages_is_merged_per_peer() -> None:
 def test_kernel_backend_sets_and_removes_one_peer_at_a_time() -> None:
     netlink = FakeNetlink([])
     backend = KernelWireGuard("wgtest", netlink)
-    backend.set_peer(PUB, None, ["100.64.0.9/32"])
+    backend.set_peer(PeerConfig(PUB, ("100.64.0.9/32",)))
     backend.remove_peer(PUB)
     assert netlink.sets == [
         {
