@@ -46,6 +46,7 @@ from .lifetimes import SessionLifetimes, remaining_at
 from .nftables.backend import Listing, NftBackend, NftError
 from .status import Reading, by_tunnel, counters_report, describe, session_tunnels
 from .wireguard.backend import (
+    InterfaceConfig,
     PeerState,
     WireGuardBackend,
     WireGuardError,
@@ -114,14 +115,14 @@ class _Plan:
     diff: ElementDiff
 
 
-def interface_addresses(network: HomeNetwork) -> tuple[list[str], list[str]]:
+def interface_addresses(network: HomeNetwork) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """The router's tunnel address (first host of each pool) and the pools as routes."""
     addresses = [f"{next(network.tunnel_pool.hosts())}/32"]
     routes = [str(network.tunnel_pool)]
     if network.tunnel_pool6 is not None:
         addresses.append(f"{next(network.tunnel_pool6.hosts())}/128")
         routes.append(str(network.tunnel_pool6))
-    return addresses, routes
+    return tuple(addresses), tuple(routes)
 
 
 def session_peer(session: LiveSession) -> PeerState:
@@ -230,8 +231,9 @@ class Reconciler:
         received = now if received_at is None else received_at
         if self._network != desired.network:
             addresses, routes = interface_addresses(desired.network)
+            spec = self.interface
             self.wireguard.ensure_interface(
-                self.interface.private_key, self.interface.listen_port, addresses, routes
+                InterfaceConfig(spec.private_key, spec.listen_port, addresses, routes)
             )
             self._network = desired.network
         kernel, plan, deadlines = self._write_elements(desired, received, now)

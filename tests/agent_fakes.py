@@ -12,12 +12,12 @@ import copy
 import json
 import math
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 
 from agent.nftables.backend import Listing, NftError
-from agent.wireguard.backend import PeerConfig, PeerState, canonical_ips
+from agent.wireguard.backend import InterfaceConfig, PeerConfig, PeerState, canonical_ips
 from netpolicy.nft import FAMILY, TABLE, Command, ElementKey, KernelElement
 
 
@@ -30,15 +30,13 @@ class FakeWireGuard:
         self.peers: dict[str, PeerState] = {}
         self.calls: list[str] = []
 
-    def ensure_interface(
-        self,
-        private_key: str,
-        listen_port: int,
-        addresses: Sequence[str],
-        routes: Sequence[str],
-    ) -> None:
+    def ensure_interface(self, config: InterfaceConfig) -> None:
         self.calls.append("ensure_interface")
-        self.interface = {"port": listen_port, "addresses": list(addresses), "routes": list(routes)}
+        self.interface = {
+            "port": config.listen_port,
+            "addresses": list(config.addresses),
+            "routes": list(config.routes),
+        }
 
     def list_peers(self) -> list[PeerState]:
         return [self.peers[key] for key in sorted(self.peers)]

@@ -23,6 +23,16 @@ class WireGuardError(RuntimeError):
 
 
 @dataclass(frozen=True, slots=True)
+class InterfaceConfig:
+    """The agent's interface as ``ensure_interface`` makes it: key, port, addresses, routes."""
+
+    private_key: str = field(repr=False)
+    listen_port: int
+    addresses: tuple[str, ...]
+    routes: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class PeerConfig:
     """One peer as ``set_peer`` writes it: the fields the agent chooses, nothing observed."""
 
@@ -59,13 +69,7 @@ class WireGuardBackend(Protocol):
     kind: str
     name: str
 
-    def ensure_interface(
-        self,
-        private_key: str,
-        listen_port: int,
-        addresses: Sequence[str],
-        routes: Sequence[str],
-    ) -> None:
+    def ensure_interface(self, config: InterfaceConfig) -> None:
         """Create or reuse the interface and make key, port, addresses and routes match."""
 
     def list_peers(self) -> list[PeerState]:

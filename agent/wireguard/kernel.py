@@ -9,10 +9,17 @@ this machine has no kernel WireGuard to test it against.
 from __future__ import annotations
 
 import base64
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from typing import Any, Protocol
 
-from .backend import KEY_BYTES, PeerConfig, PeerState, WireGuardError, canonical_ips
+from .backend import (
+    KEY_BYTES,
+    InterfaceConfig,
+    PeerConfig,
+    PeerState,
+    WireGuardError,
+    canonical_ips,
+)
 from .link import bring_up, delete_link, ip, link_kind, validate_ifname
 
 _ZERO_KEY = base64.b64encode(bytes(KEY_BYTES)).decode()
@@ -105,13 +112,7 @@ class KernelWireGuard:
         except (OSError, ValueError) as exc:  # pyroute2's NetlinkError is an OSError
             raise WireGuardError(f"netlink set on {self.name}: {exc}") from None
 
-    def ensure_interface(
-        self,
-        private_key: str,
-        listen_port: int,
-        addresses: Sequence[str],
-        routes: Sequence[str],
-    ) -> None:
+    def ensure_interface(self, config: InterfaceConfig) -> None:
         kind = link_kind(self.name)
         if kind is None:
             ip("link", "add", "dev", self.name, "type", "wireguard")
@@ -120,13 +121,13 @@ class KernelWireGuard:
         device, _ = parse_device(self._wg().info(self.name))
         have_key = _text(device.get("WGDEVICE_A_PRIVATE_KEY", ""))
         changes: dict[str, Any] = {}
-        if have_key != private_key:
-            changes["private_key"] = private_key
-        if device.get("WGDEVICE_A_LISTEN_PORT") != listen_port:
-            changes["listen_port"] = listen_port
+        if have_key != config.private_key:
+            changes["private_key"] = config.private_key
+        if device.get("WGDEVICE_A_LISTEN_PORT") != config.listen_port:
+            changes["listen_port"] = config.listen_port
         if changes:
             self._call_set(**changes)
-        bring_up(self.name, addresses, routes)
+        bring_up(self.name, config.addresses, config.routes)
 
     def list_peers(self) -> list[PeerState]:
         if link_kind(self.name) != "wireguard":

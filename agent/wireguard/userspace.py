@@ -12,11 +12,11 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 
 from . import uapi
-from .backend import PeerConfig, PeerState, WireGuardError, key_to_hex
+from .backend import InterfaceConfig, PeerConfig, PeerState, WireGuardError, key_to_hex
 from .link import bring_up, delete_link, link_kind, validate_ifname
 
 _START_TIMEOUT_S = 10.0
@@ -114,24 +114,18 @@ class UserspaceWireGuard:
         if not _wait_until(self._running, _START_TIMEOUT_S):
             raise WireGuardError(f"wireguard-go {self.name}: socket {self._socket} never came up")
 
-    def ensure_interface(
-        self,
-        private_key: str,
-        listen_port: int,
-        addresses: Sequence[str],
-        routes: Sequence[str],
-    ) -> None:
+    def ensure_interface(self, config: InterfaceConfig) -> None:
         if not self._running():
             self._start()
         have = uapi.device_settings(uapi.get(self._socket))
         lines = []
-        if have.get("private_key") != key_to_hex(private_key):
-            lines.append(f"private_key={key_to_hex(private_key)}")
-        if have.get("listen_port") != str(listen_port):
-            lines.append(f"listen_port={listen_port}")
+        if have.get("private_key") != key_to_hex(config.private_key):
+            lines.append(f"private_key={key_to_hex(config.private_key)}")
+        if have.get("listen_port") != str(config.listen_port):
+            lines.append(f"listen_port={config.listen_port}")
         if lines:
             uapi.set_lines(self._socket, lines, "interface settings")
-        bring_up(self.name, addresses, routes)
+        bring_up(self.name, config.addresses, config.routes)
 
     def list_peers(self) -> list[PeerState]:
         if not self._socket.exists():

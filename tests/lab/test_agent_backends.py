@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from agent.wireguard.backend import PeerConfig
+from agent.wireguard.backend import InterfaceConfig, PeerConfig
 from agent.wireguard.uapi import socket_path
 from netpolicy import AgentReport, nft
 from tests.unit.test_agent_reconcile import key, make_session, make_state
@@ -137,10 +137,10 @@ def wireguard_go_steps(ifname: str) -> dict[str, Any]:
     from agent.wireguard.userspace import UserspaceWireGuard, daemon_pid
 
     backend = UserspaceWireGuard(ifname)
-    private = key(90)
-    backend.ensure_interface(private, 51900, ["100.64.0.1/32"], ["100.64.0.0/24"])
+    interface = InterfaceConfig(key(90), 51900, ("100.64.0.1/32",), ("100.64.0.0/24",))
+    backend.ensure_interface(interface)
     pid = daemon_pid(ifname)
-    backend.ensure_interface(private, 51900, ["100.64.0.1/32"], ["100.64.0.0/24"])
+    backend.ensure_interface(interface)
     backend.set_peer(PeerConfig(key(1), ("100.64.0.2/32",), key(101)))
     backend.set_peer(PeerConfig(key(2), ("100.64.0.3/32",)))
     backend.set_peer(PeerConfig(key(1), ("100.64.0.2/32", "fd00::2/128"), key(101)))
