@@ -9,12 +9,9 @@ from typing import Annotated, Any
 import typer
 
 from ztb.client.commands.common import (
-    BrokerOption,
-    CaCertOption,
-    JsonOption,
-    TokenOption,
-    connect,
+    Connection,
     emit,
+    with_connection,
 )
 
 app = typer.Typer(
@@ -89,29 +86,27 @@ def saved_digests(path: Path) -> list[dict[str, Any]]:
 
 
 @app.command("verify")
+@with_connection()
 def verify(
-    broker: BrokerOption = None,
-    token: TokenOption = None,
-    ca_cert: CaCertOption = None,
+    conn: Connection,
     public_key: PublicKeyOption = None,
     against: AgainstOption = None,
-    as_json: JsonOption = False,
 ) -> None:
     """Check every event's hash link and the chain of signed checkpoints (against the
     pinned key) and that they reach the tip; fail on the first bad one."""
     key = pinned_key(public_key)
     digests = saved_digests(against) if against is not None else None
-    with connect(broker, token, ca_cert) as client:
+    with conn.client() as client:
         result = client.verify_audit(key, digests)
     counts = f"{result.get('events', 0)} events, {result.get('checkpoints', 0)} checkpoints"
     if result.get("witnesses"):
         counts += f", {result['witnesses']} saved digests"
     if result.get("ok"):
         pin = "pinned key" if result.get("pinned") else "the broker's own key (not pinned)"
-        emit(as_json, result, f"audit chain ok: {counts}; signatures checked with {pin}")
+        conn.emit(result, f"audit chain ok: {counts}; signatures checked with {pin}")
         return
-    if as_json:
-        emit(as_json, result, "")
+    if conn.as_json:
+        conn.emit(result, "")
     bad = result.get("first_bad") or {}
     raise AuditChainBroken(
         f"audit chain broken at event {bad.get('seq', '?')}: "
@@ -120,15 +115,13 @@ def verify(
 
 
 @app.command("export")
+@with_connection()
 def export(
-    broker: BrokerOption = None,
-    token: TokenOption = None,
-    ca_cert: CaCertOption = None,
-    as_json: JsonOption = False,
+    conn: Connection,
 ) -> None:
     """Print every audit event as one JSON line (or all in one object with --json)."""
-    with connect(broker, token, ca_cert) as client:
-        if as_json:
+    with conn.client() as client:
+        if conn.as_json:
             emit(True, {"events": [json.loads(line) for line in client.export_audit()]}, "")
             return
         for line in client.export_audit():

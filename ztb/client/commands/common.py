@@ -7,11 +7,14 @@ Output is short aligned text by default and exactly one JSON object with ``--jso
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import typer
 
@@ -62,6 +65,72 @@ def connect(
     if need_token and not token:
         raise typer.BadParameter("no API token: pass --token, set ZTB_TOKEN or 'ztb login'")
     return ZtbClient(broker, token, ca_cert=ca_cert)
+
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Connection:
+    """What ``--broker``/``--token``/``--ca-cert``/``--json`` chose for one command."""
+
+    broker: str | None
+    token: str | None
+    ca_cert: Path | None
+    as_json: bool
+
+    def client(self, *, need_token: bool = True) -> ZtbClient:
+        return connect(self.broker, self.token, self.ca_cert, need_token=need_token)
+
+    def call(self, request: Callable[[ZtbClient], T]) -> T:
+        """The answer to one request, on a connection closed again before printing."""
+        with self.client() as client:
+            return request(client)
+
+    def emit(self, data: Any, text: str) -> None:
+        emit(self.as_json, data, text)
+
+    def emit_created(self, data: dict[str, Any], value: str, note: str) -> None:
+        emit_created(self.as_json, data, value, note)
+
+
+def _keyword(name: str, annotation: object, default: object) -> inspect.Parameter:
+    return inspect.Parameter(
+        name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation
+    )
+
+
+_CONNECTION_OPTIONS = (
+    _keyword("broker", BrokerOption, None),
+    _keyword("token", TokenOption, None),
+    _keyword("ca_cert", CaCertOption, None),
+    _keyword("as_json", JsonOption, False),
+)
+
+
+def with_connection(*, token: bool = True) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Give a command the four connection options, handed to it as one ``conn: Connection``.
+
+    The options stay on every command rather than on its group, so they may follow the
+    subcommand as users type them (``ztb session list --json``). ``token=False`` leaves
+    ``--token`` out, for commands that get a token rather than use one.
+    """
+
+    def decorate(command: Callable[..., None]) -> Callable[..., None]:
+        own = inspect.signature(command, eval_str=True).parameters.values()
+        options = [option for option in _CONNECTION_OPTIONS if token or option.name != "token"]
+
+        @functools.wraps(command)
+        def run(**values: Any) -> None:
+            chosen = [values.pop(option.name, option.default) for option in _CONNECTION_OPTIONS]
+            command(Connection(*chosen), **values)
+
+        signature = inspect.Signature([*(p for p in own if p.name != "conn"), *options])
+        run.__signature__ = signature  # type: ignore[attr-defined]
+        run.__annotations__ = {p.name: p.annotation for p in signature.parameters.values()}
+        return run
+
+    return decorate
 
 
 # -- input ---------------------------------------------------------------------------------

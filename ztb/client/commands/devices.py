@@ -9,14 +9,9 @@ import typer
 from netpolicy import PolicyError
 from netpolicy.validation import parse_address
 from ztb.client.commands.common import (
-    BrokerOption,
-    CaCertOption,
-    JsonOption,
-    TokenOption,
-    connect,
-    emit,
-    emit_created,
+    Connection,
     table,
+    with_connection,
 )
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Manage a home's devices.")
@@ -25,25 +20,22 @@ HomeArgument = Annotated[str, typer.Argument(help="Home id or name.")]
 
 
 @app.command("add")
+@with_connection()
 def add_device(
+    conn: Connection,
     home: HomeArgument,
     name: Annotated[str, typer.Argument(help="Name used in grants, e.g. thermostat.")],
     ip: Annotated[str, typer.Option("--ip", help="The device's LAN address.")],
     mac: Annotated[str | None, typer.Option("--mac", help="aa:bb:cc:dd:ee:ff")] = None,
-    broker: BrokerOption = None,
-    token: TokenOption = None,
-    ca_cert: CaCertOption = None,
-    as_json: JsonOption = False,
 ) -> None:
     """Add a device to a home and print its id."""
     try:
         parse_address(ip)
     except PolicyError as exc:
         raise typer.BadParameter(str(exc), param_hint="--ip") from None
-    with connect(broker, token, ca_cert) as client:
+    with conn.client() as client:
         device = client.add_device(home, name, ip, mac)
-    emit_created(
-        as_json,
+    conn.emit_created(
         device,
         str(device.get("id")),
         f"added {device.get('name')} {device.get('ip')} to {home}",
@@ -51,33 +43,29 @@ def add_device(
 
 
 @app.command("list")
+@with_connection()
 def list_devices(
+    conn: Connection,
     home: HomeArgument,
-    broker: BrokerOption = None,
-    token: TokenOption = None,
-    ca_cert: CaCertOption = None,
-    as_json: JsonOption = False,
 ) -> None:
     """List a home's devices."""
-    with connect(broker, token, ca_cert) as client:
+    with conn.client() as client:
         devices = client.list_devices(home)
     rows = [
         (str(d.get("id")), str(d.get("name")), str(d.get("ip")), str(d.get("mac") or "-"))
         for d in devices
     ]
-    emit(as_json, {"devices": devices}, table(("id", "name", "ip", "mac"), rows))
+    conn.emit({"devices": devices}, table(("id", "name", "ip", "mac"), rows))
 
 
 @app.command("remove")
+@with_connection()
 def remove_device(
+    conn: Connection,
     home: HomeArgument,
     name: Annotated[str, typer.Argument(help="Device name or id.")],
-    broker: BrokerOption = None,
-    token: TokenOption = None,
-    ca_cert: CaCertOption = None,
-    as_json: JsonOption = False,
 ) -> None:
     """Remove a device from a home."""
-    with connect(broker, token, ca_cert) as client:
+    with conn.client() as client:
         client.remove_device(home, name)
-    emit(as_json, {"home": home, "device": name, "removed": True}, f"removed {name} from {home}")
+    conn.emit({"home": home, "device": name, "removed": True}, f"removed {name} from {home}")

@@ -11,18 +11,13 @@ from netpolicy import DEFAULT_MAX_DURATION_S, PolicyError, format_duration, vali
 from netpolicy.policy import GrantRule
 from netpolicy.validation import parse_address, parse_network
 from ztb.client.commands.common import (
-    BrokerOption,
-    CaCertOption,
-    JsonOption,
-    TokenOption,
+    Connection,
     clock,
-    connect,
     duration_seconds,
-    emit,
-    emit_created,
     fields,
     named,
     table,
+    with_connection,
 )
 
 app = typer.Typer(
@@ -49,7 +44,9 @@ def _checked(kind: str, text: str | None, option: str) -> str | None:
 
 
 @app.command("create")
+@with_connection()
 def create_home(
+    conn: Connection,
     name: str,
     owner: Annotated[str, typer.Option("--owner", help="Homeowner's email or id.")],
     lan: Annotated[str, typer.Option("--lan", help="Home LAN, e.g. 192.168.1.0/24.")],
@@ -63,10 +60,6 @@ def create_home(
     webhook: Annotated[
         str | None, typer.Option("--webhook", help="URL notified about new requests.")
     ] = None,
-    broker: BrokerOption = None,
-    token: TokenOption = None,
-    ca_cert: CaCertOption = None,
-    as_json: JsonOption = False,
 ) -> None:
     """Create a home and print its id."""
     body: dict[str, Any] = {
@@ -78,10 +71,9 @@ def create_home(
         "endpoint": endpoint,
         "webhook_url": webhook,
     }
-    with connect(broker, token, ca_cert) as client:
+    with conn.client() as client:
         home = client.create_home({k: v for k, v in body.items() if v is not None})
-    emit_created(
-        as_json,
+    conn.emit_created(
         home,
         str(home.get("id")),
         f"created home {home.get('name')}  lan {home.get('lan')}  "
@@ -90,20 +82,18 @@ def create_home(
 
 
 @app.command("list")
+@with_connection()
 def list_homes(
-    broker: BrokerOption = None,
-    token: TokenOption = None,
-    ca_cert: CaCertOption = None,
-    as_json: JsonOption = False,
+    conn: Connection,
 ) -> None:
     """List the homes you can see."""
-    with connect(broker, token, ca_cert) as client:
+    with conn.client() as client:
         homes = client.list_homes()
     rows = [
         (str(h.get("id")), str(h.get("name")), str(h.get("lan")), str(h.get("endpoint") or "-"))
         for h in homes
     ]
-    emit(as_json, {"homes": homes}, table(("id", "name", "lan", "endpoint"), rows))
+    conn.emit({"homes": homes}, table(("id", "name", "lan", "endpoint"), rows))
 
 
 def _agents_text(agents: list[Any]) -> str:
@@ -122,15 +112,13 @@ def _agents_text(agents: list[Any]) -> str:
 
 
 @app.command("show")
+@with_connection()
 def show_home(
+    conn: Connection,
     home: HomeArgument,
-    broker: BrokerOption = None,
-    token: TokenOption = None,
-    ca_cert: CaCertOption = None,
-    as_json: JsonOption = False,
 ) -> None:
     """Show a home, its policy and its agents' certificate expiry."""
-    with connect(broker, token, ca_cert) as client:
+    with conn.client() as client:
         found = client.get_home(home)
     text = fields(
         [
@@ -148,24 +136,21 @@ def show_home(
     agents = found.get("agents") or []
     if agents:
         text += "\n\n" + _agents_text(agents)
-    emit(as_json, found, text)
+    conn.emit(found, text)
 
 
 @app.command("enroll-token")
+@with_connection()
 def enroll_token(
+    conn: Connection,
     home: HomeArgument,
     ttl: Annotated[str, typer.Option("--ttl", help="How long the token stays valid.")] = "15m",
-    broker: BrokerOption = None,
-    token: TokenOption = None,
-    ca_cert: CaCertOption = None,
-    as_json: JsonOption = False,
 ) -> None:
     """Print a one-time enrollment token for the home's agent."""
     ttl_s = duration_seconds(ttl, "--ttl")
-    with connect(broker, token, ca_cert) as client:
+    with conn.client() as client:
         issued = client.create_enroll_token(home, ttl_s)
-    emit_created(
-        as_json,
+    conn.emit_created(
         issued,
         str(issued.get("token")),
         f"one-time enrollment token for {home}, valid until {clock(issued.get('expires_at'))}:",
@@ -173,22 +158,22 @@ def enroll_token(
 
 
 @app.command("revoke-agent")
+@with_connection()
 def revoke_agent(
+    conn: Connection,
     home: HomeArgument,
     agent: Annotated[str, typer.Argument(help="Agent id (see 'ztb home show').")],
-    broker: BrokerOption = None,
-    token: TokenOption = None,
-    ca_cert: CaCertOption = None,
-    as_json: JsonOption = False,
 ) -> None:
     """Refuse the agent's certificate from now on; grants it applied still expire."""
-    with connect(broker, token, ca_cert) as client:
+    with conn.client() as client:
         revoked = client.revoke_agent(home, agent)
-    emit(as_json, revoked, f"revoked agent {revoked.get('id')} of {home}")
+    conn.emit(revoked, f"revoked agent {revoked.get('id')} of {home}")
 
 
 @app.command("policy")
+@with_connection()
 def set_policy(
+    conn: Connection,
     home: HomeArgument,
     max_duration: Annotated[
         str | None, typer.Option("--max-duration", help="Longest session, e.g. 1h.")
@@ -205,10 +190,6 @@ def set_policy(
         bool | None,
         typer.Option("--require-totp/--no-require-totp", help="Approvals need a TOTP code."),
     ] = None,
-    broker: BrokerOption = None,
-    token: TokenOption = None,
-    ca_cert: CaCertOption = None,
-    as_json: JsonOption = False,
 ) -> None:
     """Show the home's policy, or change the parts given as options (lists are replaced)."""
     changes: dict[str, Any] = {}
@@ -221,7 +202,7 @@ def set_policy(
             raise typer.BadParameter(str(exc), param_hint="--allow") from None
     if technician:
         changes["technicians"] = list(technician)
-    with connect(broker, token, ca_cert) as client:
+    with conn.client() as client:
         found = client.get_home(home)
         policy: dict[str, Any] = dict(found.get("policy") or {})
         if changes:
@@ -246,4 +227,4 @@ def set_policy(
             ("require totp", None if totp is None else ("yes" if totp else "no")),
         ]
     )
-    emit(as_json, {"id": found.get("id"), "policy": policy, "require_totp": totp}, text)
+    conn.emit({"id": found.get("id"), "policy": policy, "require_totp": totp}, text)

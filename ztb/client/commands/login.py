@@ -14,7 +14,7 @@ from typing import Annotated
 import typer
 
 from ztb.client import profile
-from ztb.client.commands.common import BrokerOption, CaCertOption, JsonOption, TokenOption, emit
+from ztb.client.commands.common import Connection, with_connection
 from ztb.client.http import ZtbClient
 
 app = typer.Typer(
@@ -23,7 +23,9 @@ app = typer.Typer(
 
 
 @app.command("login")
+@with_connection()
 def login(
+    conn: Connection,
     email: Annotated[
         str | None, typer.Argument(help="Your email, to sign in with your password.")
     ] = None,
@@ -31,12 +33,9 @@ def login(
         bool, typer.Option("--password-stdin", help="Read the password from the first stdin line.")
     ] = False,
     totp: Annotated[str | None, typer.Option("--totp", help="Current TOTP code.")] = None,
-    broker: BrokerOption = None,
-    token: TokenOption = None,
-    ca_cert: CaCertOption = None,
-    as_json: JsonOption = False,
 ) -> None:
     """Sign in (EMAIL and password) or keep a given --token; saves your profile (0600)."""
+    broker, token, ca_cert = conn.broker, conn.token, conn.ca_cert
     if not broker:
         raise typer.BadParameter("no broker URL: pass --broker or set ZTB_BROKER")
     if (email is None) == (token is None):
@@ -57,8 +56,7 @@ def login(
         me = client.me()
     ca = str(ca_cert.resolve()) if ca_cert else None
     path = profile.save(profile.Profile(broker.rstrip("/"), token, ca))
-    emit(
-        as_json,
+    conn.emit(
         {**me, "broker": broker, "profile": str(path)},
         f"logged in as {me.get('email')} ({me.get('role')}) at {broker}; profile {path}",
     )

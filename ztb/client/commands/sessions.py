@@ -17,19 +17,14 @@ import typer
 from netpolicy import PolicyError, format_duration, validate_public_key
 from ztb.client.activation import ACTIVE_WAIT_S, wait_until_active
 from ztb.client.commands.common import (
-    BrokerOption,
-    CaCertOption,
-    JsonOption,
-    TokenOption,
+    Connection,
     clock,
-    connect,
     duration_seconds,
-    emit,
-    emit_created,
     fields,
     grant_texts,
     print_json,
     table,
+    with_connection,
 )
 from ztb.client.commands.session_text import (
     approved_text,
@@ -102,7 +97,9 @@ def _request_with_local_key(
 
 
 @app.command("request")
+@with_connection()
 def request_session(
+    conn: Connection,
     home: Annotated[str, typer.Option("--home", help="Home id or name.")],
     duration: Annotated[str, typer.Option("--duration", help="How long, e.g. 30m.")],
     reason: Annotated[str, typer.Option("--reason", help="What the work is, for the owner.")],
@@ -116,10 +113,6 @@ def request_session(
     no_local_key: Annotated[
         bool, typer.Option("--no-local-key", help="Let the broker make the key pair instead.")
     ] = False,
-    broker: BrokerOption = None,
-    token: TokenOption = None,
-    ca_cert: CaCertOption = None,
-    as_json: JsonOption = False,
 ) -> None:
     """Ask a homeowner for access to some devices; prints the session id."""
     grants = grant_texts(grant or [])
@@ -128,7 +121,7 @@ def request_session(
         raise typer.BadParameter("--key-file and --no-local-key exclude each other")
     if not reason.strip():
         raise typer.BadParameter("say what the work is", param_hint="--reason")
-    with connect(broker, token, ca_cert) as client:
+    with conn.client() as client:
         if no_local_key:
             session = client.request_session(home, grants, duration_s, reason, None)
             note = describe(session)
@@ -139,109 +132,85 @@ def request_session(
             )
             note = f"{describe(session)}\nprivate key kept in {session['private_key_file']}"
     session_id = str(session.get("id"))
-    emit_created(as_json, session, session_id, note)
+    conn.emit_created(session, session_id, note)
 
 
-def _change(
-    broker: str | None,
-    token: str | None,
-    ca_cert: Path | None,
-    as_json: bool,
-    change: Callable[[ZtbClient], dict[str, Any]],
-) -> None:
+def _change(conn: Connection, change: Callable[[ZtbClient], dict[str, Any]]) -> None:
     """Run one state change and print the session as it is afterwards."""
-    with connect(broker, token, ca_cert) as client:
-        session = change(client)
-    emit(as_json, session, describe(session))
+    session = conn.call(change)
+    conn.emit(session, describe(session))
 
 
 @app.command("approve")
+@with_connection()
 def approve_session(
+    conn: Connection,
     session_id: SessionArgument,
     duration: Annotated[
         str | None, typer.Option("--duration", help="Shorter than requested, e.g. 20m.")
     ] = None,
     totp: Annotated[str | None, typer.Option("--totp", help="Current TOTP code.")] = None,
-    broker: BrokerOption = None,
-    token: TokenOption = None,
-    ca_cert: CaCertOption = None,
-    as_json: JsonOption = False,
 ) -> None:
     """Approve a requested session (or its pending extra grants)."""
     duration_s = duration_seconds(duration, "--duration") if duration else None
     _change(
-        broker,
-        token,
-        ca_cert,
-        as_json,
+        conn,
         lambda client: client.approve_session(session_id, duration_s, totp),
     )
 
 
 @app.command("deny")
+@with_connection()
 def deny_session(
+    conn: Connection,
     session_id: SessionArgument,
     reason: ReasonOption = None,
-    broker: BrokerOption = None,
-    token: TokenOption = None,
-    ca_cert: CaCertOption = None,
-    as_json: JsonOption = False,
 ) -> None:
     """Refuse a requested session."""
-    _change(broker, token, ca_cert, as_json, lambda client: client.deny_session(session_id, reason))
+    _change(conn, lambda client: client.deny_session(session_id, reason))
 
 
 @app.command("revoke")
+@with_connection()
 def revoke_session(
+    conn: Connection,
     session_id: SessionArgument,
     reason: ReasonOption = None,
-    broker: BrokerOption = None,
-    token: TokenOption = None,
-    ca_cert: CaCertOption = None,
-    as_json: JsonOption = False,
 ) -> None:
     """End a live session now: the router drops the peer and its rules."""
-    _change(
-        broker, token, ca_cert, as_json, lambda client: client.revoke_session(session_id, reason)
-    )
+    _change(conn, lambda client: client.revoke_session(session_id, reason))
 
 
 @app.command("cancel")
+@with_connection()
 def cancel_session(
+    conn: Connection,
     session_id: SessionArgument,
-    broker: BrokerOption = None,
-    token: TokenOption = None,
-    ca_cert: CaCertOption = None,
-    as_json: JsonOption = False,
 ) -> None:
     """Withdraw your own request before it is approved."""
-    _change(broker, token, ca_cert, as_json, lambda client: client.cancel_session(session_id))
+    _change(conn, lambda client: client.cancel_session(session_id))
 
 
 @app.command("add-grant")
+@with_connection()
 def add_grant(
+    conn: Connection,
     session_id: SessionArgument,
     grant: GrantOption = None,
-    broker: BrokerOption = None,
-    token: TokenOption = None,
-    ca_cert: CaCertOption = None,
-    as_json: JsonOption = False,
 ) -> None:
     """Ask for more devices or ports in a live session; the owner approves them again."""
     grants = grant_texts(grant or [])
-    _change(broker, token, ca_cert, as_json, lambda client: client.add_grants(session_id, grants))
+    _change(conn, lambda client: client.add_grants(session_id, grants))
 
 
 @app.command("show")
+@with_connection()
 def show_session(
+    conn: Connection,
     session_id: SessionArgument,
-    broker: BrokerOption = None,
-    token: TokenOption = None,
-    ca_cert: CaCertOption = None,
-    as_json: JsonOption = False,
 ) -> None:
     """Show one session."""
-    with connect(broker, token, ca_cert) as client:
+    with conn.client() as client:
         session = client.get_session(session_id)
     duration = session.get("duration_s")
     text = fields(
@@ -265,20 +234,18 @@ def show_session(
             ("key from", session.get("key_origin")),
         ]
     )
-    emit(as_json, session, text)
+    conn.emit(session, text)
 
 
 @app.command("list")
+@with_connection()
 def list_sessions(
+    conn: Connection,
     home: Annotated[str | None, typer.Option("--home", help="Only this home.")] = None,
     state: Annotated[str | None, typer.Option("--state", help="Only this state.")] = None,
-    broker: BrokerOption = None,
-    token: TokenOption = None,
-    ca_cert: CaCertOption = None,
-    as_json: JsonOption = False,
 ) -> None:
     """List the sessions you can see."""
-    with connect(broker, token, ca_cert) as client:
+    with conn.client() as client:
         sessions = client.list_sessions(home, state)
     rows = [
         (
@@ -290,11 +257,13 @@ def list_sessions(
         )
         for s in sessions
     ]
-    emit(as_json, {"sessions": sessions}, table(("id", "state", "home", "grants", "when"), rows))
+    conn.emit({"sessions": sessions}, table(("id", "state", "home", "grants", "when"), rows))
 
 
 @app.command("config")
+@with_connection()
 def session_config(
+    conn: Connection,
     session_id: SessionArgument,
     output: Annotated[
         Path | None,
@@ -318,15 +287,11 @@ def session_config(
             help="Seconds to wait for the router to apply the session before giving the config.",
         ),
     ] = ACTIVE_WAIT_S,
-    broker: BrokerOption = None,
-    token: TokenOption = None,
-    ca_cert: CaCertOption = None,
-    as_json: JsonOption = False,
 ) -> None:
     """Print the wg-quick config of an approved session, with your private key filled in."""
-    if qr and as_json:
+    if qr and conn.as_json:
         raise typer.BadParameter("--qr and --json exclude each other")
-    with connect(broker, token, ca_cert) as client:
+    with conn.client() as client:
         session = wait_until_active(client, session_id, wait)
         config = client.wg_quick(session_id)
     config = fill_private_key(config, session_id, session.get("key_origin"))
@@ -336,7 +301,7 @@ def session_config(
             written = write_config(output, session_id, home_name(session), config)
         except BadConfigName as exc:
             raise typer.BadParameter(str(exc), param_hint="--output") from None
-    if as_json:
+    if conn.as_json:
         print_json({"id": session_id, "config": config, "output": written and str(written)})
     elif qr:
         _print_qr(config)
@@ -355,14 +320,12 @@ def _print_qr(config: str) -> None:
 
 
 @app.command("report")
+@with_connection()
 def session_report(
+    conn: Connection,
     session_id: SessionArgument,
-    broker: BrokerOption = None,
-    token: TokenOption = None,
-    ca_cert: CaCertOption = None,
-    as_json: JsonOption = False,
 ) -> None:
     """What happened in a session: timeline, approver, traffic per grant, last handshake."""
-    with connect(broker, token, ca_cert) as client:
+    with conn.client() as client:
         report = client.session_report(session_id)
-    emit(as_json, report, report_text(report))
+    conn.emit(report, report_text(report))

@@ -9,17 +9,12 @@ from typing import Annotated
 import typer
 
 from ztb.client.commands.common import (
-    BrokerOption,
-    CaCertOption,
-    JsonOption,
-    TokenOption,
+    Connection,
     clock,
-    connect,
     duration_seconds,
-    emit,
-    emit_created,
     named,
     table,
+    with_connection,
 )
 from ztb.client.http import ZtbClient
 
@@ -69,21 +64,18 @@ def _yes(value: object) -> str:
 
 
 @app.command("create")
+@with_connection()
 def create_user(
+    conn: Connection,
     email: str,
     role: Annotated[Role, typer.Option("--role", help="What the user may do.")],
     password_stdin: PasswordStdinOption = False,
-    broker: BrokerOption = None,
-    token: TokenOption = None,
-    ca_cert: CaCertOption = None,
-    as_json: JsonOption = False,
 ) -> None:
     """Create a user and print their first API token (shown once)."""
     password = _password_from_stdin() if password_stdin else None
-    with connect(broker, token, ca_cert) as client:
+    with conn.client() as client:
         user = client.create_user(email, role.value, password)
-    emit_created(
-        as_json,
+    conn.emit_created(
         user,
         str(user.get("token", "")),
         f"created {user.get('role')} {user.get('email')} ({user.get('id')}); "
@@ -92,53 +84,47 @@ def create_user(
 
 
 @app.command("list")
+@with_connection()
 def list_users(
-    broker: BrokerOption = None,
-    token: TokenOption = None,
-    ca_cert: CaCertOption = None,
-    as_json: JsonOption = False,
+    conn: Connection,
 ) -> None:
     """List all users (admin)."""
-    with connect(broker, token, ca_cert) as client:
+    with conn.client() as client:
         users = client.list_users()
     rows = [
         (str(u.get("id")), str(u.get("email")), str(u.get("role")), _yes(u.get("totp_enabled")))
         for u in users
     ]
-    emit(as_json, {"users": users}, table(("id", "email", "role", "totp"), rows))
+    conn.emit({"users": users}, table(("id", "email", "role", "totp"), rows))
 
 
 @app.command("whoami")
+@with_connection()
 def whoami(
-    broker: BrokerOption = None,
-    token: TokenOption = None,
-    ca_cert: CaCertOption = None,
-    as_json: JsonOption = False,
+    conn: Connection,
 ) -> None:
     """Show who the token belongs to."""
-    with connect(broker, token, ca_cert) as client:
+    with conn.client() as client:
         me = client.me()
     totp = "on" if me.get("totp_enabled") else "off"
-    emit(as_json, me, f"{me.get('email')}  {me.get('role')}  {me.get('id')}  totp {totp}")
+    conn.emit(me, f"{me.get('email')}  {me.get('role')}  {me.get('id')}  totp {totp}")
 
 
 @app.command("login")
+@with_connection(token=False)
 def login(
+    conn: Connection,
     email: str,
     password_stdin: PasswordStdinOption = False,
     totp: Annotated[str | None, typer.Option("--totp", help="Current TOTP code.")] = None,
-    broker: BrokerOption = None,
-    ca_cert: CaCertOption = None,
-    as_json: JsonOption = False,
 ) -> None:
     """Trade a password (and TOTP code) for a new API token."""
     password = (
         _password_from_stdin() if password_stdin else typer.prompt("password", hide_input=True)
     )
-    with connect(broker, None, ca_cert, need_token=False) as client:
+    with conn.client(need_token=False) as client:
         issued = client.login(email, password, totp)
-    emit_created(
-        as_json,
+    conn.emit_created(
         issued,
         str(issued.get("token", "")),
         f"logged in as {email}; token expires {clock(issued.get('expires_at'))}:",
@@ -146,21 +132,18 @@ def login(
 
 
 @token_app.command("create")
+@with_connection()
 def create_token(
+    conn: Connection,
     user: Annotated[str | None, typer.Argument(help="User id or email; default: yourself.")] = None,
     name: Annotated[str | None, typer.Option("--name", help="Label for the token.")] = None,
     ttl: Annotated[str | None, typer.Option("--ttl", help="Lifetime, e.g. 8h.")] = None,
-    broker: BrokerOption = None,
-    token: TokenOption = None,
-    ca_cert: CaCertOption = None,
-    as_json: JsonOption = False,
 ) -> None:
     """Issue another API token and print it (shown once)."""
     ttl_s = duration_seconds(ttl, "--ttl") if ttl else None
-    with connect(broker, token, ca_cert) as client:
+    with conn.client() as client:
         issued = client.create_token(_user_id(client, user), name, ttl_s)
-    emit_created(
-        as_json,
+    conn.emit_created(
         issued,
         str(issued.get("token", "")),
         f"token {issued.get('id')} expires {clock(issued.get('expires_at'))}; shown once:",
@@ -168,14 +151,12 @@ def create_token(
 
 
 @token_app.command("list")
+@with_connection()
 def list_tokens(
-    broker: BrokerOption = None,
-    token: TokenOption = None,
-    ca_cert: CaCertOption = None,
-    as_json: JsonOption = False,
+    conn: Connection,
 ) -> None:
     """List tokens (all for an admin, your own otherwise)."""
-    with connect(broker, token, ca_cert) as client:
+    with conn.client() as client:
         tokens = client.list_tokens()
     rows = [
         (
@@ -187,35 +168,30 @@ def list_tokens(
         )
         for t in tokens
     ]
-    emit(as_json, {"tokens": tokens}, table(("id", "user", "name", "expires", "revoked"), rows))
+    conn.emit({"tokens": tokens}, table(("id", "user", "name", "expires", "revoked"), rows))
 
 
 @token_app.command("revoke")
+@with_connection()
 def revoke_token(
+    conn: Connection,
     token_id: str,
-    broker: BrokerOption = None,
-    token: TokenOption = None,
-    ca_cert: CaCertOption = None,
-    as_json: JsonOption = False,
 ) -> None:
     """Revoke an API token by its id."""
-    with connect(broker, token, ca_cert) as client:
+    with conn.client() as client:
         client.revoke_token(token_id)
-    emit(as_json, {"id": token_id, "revoked": True}, f"token {token_id} revoked")
+    conn.emit({"id": token_id, "revoked": True}, f"token {token_id} revoked")
 
 
 @totp_app.command("enable")
+@with_connection()
 def enable_totp(
-    broker: BrokerOption = None,
-    token: TokenOption = None,
-    ca_cert: CaCertOption = None,
-    as_json: JsonOption = False,
+    conn: Connection,
 ) -> None:
     """Start TOTP enrollment: prints the secret and otpauth URI for an authenticator app."""
-    with connect(broker, token, ca_cert) as client:
+    with conn.client() as client:
         enrollment = client.begin_totp()
-    emit(
-        as_json,
+    conn.emit(
         enrollment,
         f"secret  {enrollment.get('secret')}\n"
         f"uri     {enrollment.get('uri')}\n"
@@ -224,14 +200,12 @@ def enable_totp(
 
 
 @totp_app.command("confirm")
+@with_connection()
 def confirm_totp(
+    conn: Connection,
     code: str,
-    broker: BrokerOption = None,
-    token: TokenOption = None,
-    ca_cert: CaCertOption = None,
-    as_json: JsonOption = False,
 ) -> None:
     """Finish TOTP enrollment with a current code from the authenticator app."""
-    with connect(broker, token, ca_cert) as client:
+    with conn.client() as client:
         client.confirm_totp(code)
-    emit(as_json, {"totp_enabled": True}, "TOTP is on")
+    conn.emit({"totp_enabled": True}, "TOTP is on")
