@@ -10,7 +10,6 @@ import typer
 
 from ztb.client.commands.common import (
     Connection,
-    emit,
     with_connection,
 )
 
@@ -96,8 +95,7 @@ def verify(
     pinned key) and that they reach the tip; fail on the first bad one."""
     key = pinned_key(public_key)
     digests = saved_digests(against) if against is not None else None
-    with conn.client() as client:
-        result = client.verify_audit(key, digests)
+    result = conn.call(lambda client: client.verify_audit(key, digests))
     counts = f"{result.get('events', 0)} events, {result.get('checkpoints', 0)} checkpoints"
     if result.get("witnesses"):
         counts += f", {result['witnesses']} saved digests"
@@ -116,13 +114,11 @@ def verify(
 
 @app.command("export")
 @with_connection()
-def export(
-    conn: Connection,
-) -> None:
+def export(conn: Connection) -> None:
     """Print every audit event as one JSON line (or all in one object with --json)."""
     with conn.client() as client:
         if conn.as_json:
-            emit(True, {"events": [json.loads(line) for line in client.export_audit()]}, "")
+            conn.emit({"events": [json.loads(line) for line in client.export_audit()]}, "")
             return
         for line in client.export_audit():
             typer.echo(line)

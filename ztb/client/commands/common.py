@@ -91,7 +91,24 @@ class Connection:
         emit(self.as_json, data, text)
 
     def emit_created(self, data: dict[str, Any], value: str, note: str) -> None:
-        emit_created(self.as_json, data, value, note)
+        """Creating commands print the new id or token alone on stdout, so ``$(ztb ...)``
+        works; the sentence for a person goes to stderr. ``--json`` prints the whole object.
+        """
+        if self.as_json:
+            print_json(data)
+            return
+        typer.echo(note, err=True)
+        typer.echo(value)
+
+    def emit_rows(
+        self,
+        key: str,
+        items: list[dict[str, Any]],
+        headers: Sequence[str],
+        row: Callable[[dict[str, Any]], Sequence[str]],
+    ) -> None:
+        """A list command's output: ``{key: items}`` as JSON, else a table of one row each."""
+        self.emit({key: items}, table(headers, map(row, items)))
 
 
 def _keyword(name: str, annotation: object, default: object) -> inspect.Parameter:
@@ -173,18 +190,6 @@ def emit(as_json: bool, data: Any, text: str) -> None:
         print_json(data)
     elif text:
         typer.echo(text)
-
-
-def emit_created(as_json: bool, data: dict[str, Any], value: str, note: str) -> None:
-    """Creating commands print the new id or token alone on stdout, so ``$(ztb ...)`` works.
-
-    The sentence for a person goes to stderr; with ``--json`` the whole object goes to stdout.
-    """
-    if as_json:
-        print_json(data)
-        return
-    typer.echo(note, err=True)
-    typer.echo(value)
 
 
 def table(headers: Sequence[str], rows: Iterable[Sequence[str]]) -> str:

@@ -10,7 +10,6 @@ from netpolicy import PolicyError
 from netpolicy.validation import parse_address
 from ztb.client.commands.common import (
     Connection,
-    table,
     with_connection,
 )
 
@@ -33,8 +32,7 @@ def add_device(
         parse_address(ip)
     except PolicyError as exc:
         raise typer.BadParameter(str(exc), param_hint="--ip") from None
-    with conn.client() as client:
-        device = client.add_device(home, name, ip, mac)
+    device = conn.call(lambda client: client.add_device(home, name, ip, mac))
     conn.emit_created(
         device,
         str(device.get("id")),
@@ -49,13 +47,18 @@ def list_devices(
     home: HomeArgument,
 ) -> None:
     """List a home's devices."""
-    with conn.client() as client:
-        devices = client.list_devices(home)
-    rows = [
-        (str(d.get("id")), str(d.get("name")), str(d.get("ip")), str(d.get("mac") or "-"))
-        for d in devices
-    ]
-    conn.emit({"devices": devices}, table(("id", "name", "ip", "mac"), rows))
+    devices = conn.call(lambda client: client.list_devices(home))
+    conn.emit_rows(
+        "devices",
+        devices,
+        ("id", "name", "ip", "mac"),
+        lambda d: (
+            str(d.get("id")),
+            str(d.get("name")),
+            str(d.get("ip")),
+            str(d.get("mac") or "-"),
+        ),
+    )
 
 
 @app.command("remove")
@@ -66,6 +69,5 @@ def remove_device(
     name: Annotated[str, typer.Argument(help="Device name or id.")],
 ) -> None:
     """Remove a device from a home."""
-    with conn.client() as client:
-        client.remove_device(home, name)
+    conn.call(lambda client: client.remove_device(home, name))
     conn.emit({"home": home, "device": name, "removed": True}, f"removed {name} from {home}")

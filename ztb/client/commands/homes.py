@@ -71,8 +71,9 @@ def create_home(
         "endpoint": endpoint,
         "webhook_url": webhook,
     }
-    with conn.client() as client:
-        home = client.create_home({k: v for k, v in body.items() if v is not None})
+    home = conn.call(
+        lambda client: client.create_home({k: v for k, v in body.items() if v is not None})
+    )
     conn.emit_created(
         home,
         str(home.get("id")),
@@ -83,17 +84,20 @@ def create_home(
 
 @app.command("list")
 @with_connection()
-def list_homes(
-    conn: Connection,
-) -> None:
+def list_homes(conn: Connection) -> None:
     """List the homes you can see."""
-    with conn.client() as client:
-        homes = client.list_homes()
-    rows = [
-        (str(h.get("id")), str(h.get("name")), str(h.get("lan")), str(h.get("endpoint") or "-"))
-        for h in homes
-    ]
-    conn.emit({"homes": homes}, table(("id", "name", "lan", "endpoint"), rows))
+    homes = conn.call(lambda client: client.list_homes())
+    conn.emit_rows(
+        "homes",
+        homes,
+        ("id", "name", "lan", "endpoint"),
+        lambda h: (
+            str(h.get("id")),
+            str(h.get("name")),
+            str(h.get("lan")),
+            str(h.get("endpoint") or "-"),
+        ),
+    )
 
 
 def _agents_text(agents: list[Any]) -> str:
@@ -118,8 +122,7 @@ def show_home(
     home: HomeArgument,
 ) -> None:
     """Show a home, its policy and its agents' certificate expiry."""
-    with conn.client() as client:
-        found = client.get_home(home)
+    found = conn.call(lambda client: client.get_home(home))
     text = fields(
         [
             ("home", f"{found.get('id')}  {found.get('name')}"),
@@ -148,8 +151,7 @@ def enroll_token(
 ) -> None:
     """Print a one-time enrollment token for the home's agent."""
     ttl_s = duration_seconds(ttl, "--ttl")
-    with conn.client() as client:
-        issued = client.create_enroll_token(home, ttl_s)
+    issued = conn.call(lambda client: client.create_enroll_token(home, ttl_s))
     conn.emit_created(
         issued,
         str(issued.get("token")),
@@ -165,8 +167,7 @@ def revoke_agent(
     agent: Annotated[str, typer.Argument(help="Agent id (see 'ztb home show').")],
 ) -> None:
     """Refuse the agent's certificate from now on; grants it applied still expire."""
-    with conn.client() as client:
-        revoked = client.revoke_agent(home, agent)
+    revoked = conn.call(lambda client: client.revoke_agent(home, agent))
     conn.emit(revoked, f"revoked agent {revoked.get('id')} of {home}")
 
 

@@ -23,7 +23,6 @@ from ztb.client.commands.common import (
     fields,
     grant_texts,
     print_json,
-    table,
     with_connection,
 )
 from ztb.client.commands.session_text import (
@@ -210,8 +209,7 @@ def show_session(
     session_id: SessionArgument,
 ) -> None:
     """Show one session."""
-    with conn.client() as client:
-        session = client.get_session(session_id)
+    session = conn.call(lambda client: client.get_session(session_id))
     duration = session.get("duration_s")
     text = fields(
         [
@@ -245,19 +243,19 @@ def list_sessions(
     state: Annotated[str | None, typer.Option("--state", help="Only this state.")] = None,
 ) -> None:
     """List the sessions you can see."""
-    with conn.client() as client:
-        sessions = client.list_sessions(home, state)
-    rows = [
-        (
+    sessions = conn.call(lambda client: client.list_sessions(home, state))
+    conn.emit_rows(
+        "sessions",
+        sessions,
+        ("id", "state", "home", "grants", "when"),
+        lambda s: (
             str(s.get("id")),
             state_text(s),
             home_name(s),
             grants_text(s.get("grants")),
             when_text(s),
-        )
-        for s in sessions
-    ]
-    conn.emit({"sessions": sessions}, table(("id", "state", "home", "grants", "when"), rows))
+        ),
+    )
 
 
 @app.command("config")
@@ -326,6 +324,5 @@ def session_report(
     session_id: SessionArgument,
 ) -> None:
     """What happened in a session: timeline, approver, traffic per grant, last handshake."""
-    with conn.client() as client:
-        report = client.session_report(session_id)
+    report = conn.call(lambda client: client.session_report(session_id))
     conn.emit(report, report_text(report))

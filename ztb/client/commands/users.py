@@ -13,7 +13,6 @@ from ztb.client.commands.common import (
     clock,
     duration_seconds,
     named,
-    table,
     with_connection,
 )
 from ztb.client.http import ZtbClient
@@ -73,8 +72,7 @@ def create_user(
 ) -> None:
     """Create a user and print their first API token (shown once)."""
     password = _password_from_stdin() if password_stdin else None
-    with conn.client() as client:
-        user = client.create_user(email, role.value, password)
+    user = conn.call(lambda client: client.create_user(email, role.value, password))
     conn.emit_created(
         user,
         str(user.get("token", "")),
@@ -85,27 +83,27 @@ def create_user(
 
 @app.command("list")
 @with_connection()
-def list_users(
-    conn: Connection,
-) -> None:
+def list_users(conn: Connection) -> None:
     """List all users (admin)."""
-    with conn.client() as client:
-        users = client.list_users()
-    rows = [
-        (str(u.get("id")), str(u.get("email")), str(u.get("role")), _yes(u.get("totp_enabled")))
-        for u in users
-    ]
-    conn.emit({"users": users}, table(("id", "email", "role", "totp"), rows))
+    users = conn.call(lambda client: client.list_users())
+    conn.emit_rows(
+        "users",
+        users,
+        ("id", "email", "role", "totp"),
+        lambda u: (
+            str(u.get("id")),
+            str(u.get("email")),
+            str(u.get("role")),
+            _yes(u.get("totp_enabled")),
+        ),
+    )
 
 
 @app.command("whoami")
 @with_connection()
-def whoami(
-    conn: Connection,
-) -> None:
+def whoami(conn: Connection) -> None:
     """Show who the token belongs to."""
-    with conn.client() as client:
-        me = client.me()
+    me = conn.call(lambda client: client.me())
     totp = "on" if me.get("totp_enabled") else "off"
     conn.emit(me, f"{me.get('email')}  {me.get('role')}  {me.get('id')}  totp {totp}")
 
@@ -141,8 +139,7 @@ def create_token(
 ) -> None:
     """Issue another API token and print it (shown once)."""
     ttl_s = duration_seconds(ttl, "--ttl") if ttl else None
-    with conn.client() as client:
-        issued = client.create_token(_user_id(client, user), name, ttl_s)
+    issued = conn.call(lambda client: client.create_token(_user_id(client, user), name, ttl_s))
     conn.emit_created(
         issued,
         str(issued.get("token", "")),
@@ -152,23 +149,21 @@ def create_token(
 
 @token_app.command("list")
 @with_connection()
-def list_tokens(
-    conn: Connection,
-) -> None:
+def list_tokens(conn: Connection) -> None:
     """List tokens (all for an admin, your own otherwise)."""
-    with conn.client() as client:
-        tokens = client.list_tokens()
-    rows = [
-        (
+    tokens = conn.call(lambda client: client.list_tokens())
+    conn.emit_rows(
+        "tokens",
+        tokens,
+        ("id", "user", "name", "expires", "revoked"),
+        lambda t: (
             str(t.get("id")),
             named(t, "user_email", "user_id"),
             str(t.get("name") or "-"),
             clock(t.get("expires_at")),
             _yes(t.get("revoked")),
-        )
-        for t in tokens
-    ]
-    conn.emit({"tokens": tokens}, table(("id", "user", "name", "expires", "revoked"), rows))
+        ),
+    )
 
 
 @token_app.command("revoke")
@@ -178,19 +173,15 @@ def revoke_token(
     token_id: str,
 ) -> None:
     """Revoke an API token by its id."""
-    with conn.client() as client:
-        client.revoke_token(token_id)
+    conn.call(lambda client: client.revoke_token(token_id))
     conn.emit({"id": token_id, "revoked": True}, f"token {token_id} revoked")
 
 
 @totp_app.command("enable")
 @with_connection()
-def enable_totp(
-    conn: Connection,
-) -> None:
+def enable_totp(conn: Connection) -> None:
     """Start TOTP enrollment: prints the secret and otpauth URI for an authenticator app."""
-    with conn.client() as client:
-        enrollment = client.begin_totp()
+    enrollment = conn.call(lambda client: client.begin_totp())
     conn.emit(
         enrollment,
         f"secret  {enrollment.get('secret')}\n"
@@ -206,6 +197,5 @@ def confirm_totp(
     code: str,
 ) -> None:
     """Finish TOTP enrollment with a current code from the authenticator app."""
-    with conn.client() as client:
-        client.confirm_totp(code)
+    conn.call(lambda client: client.confirm_totp(code))
     conn.emit({"totp_enabled": True}, "TOTP is on")
