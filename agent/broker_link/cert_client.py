@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import ssl
 from collections.abc import Mapping
-from types import TracebackType
 from typing import Any
 
 import httpx
@@ -18,6 +17,7 @@ import httpx
 from agent.broker_link.http_lite import BrokerLinkError, CertificateRejected, pinned_ssl_context
 from agent.state_dir import StateDir
 from ztb.ca_pin import FingerprintMismatch, PinError, pinned_ca_pem
+from ztb.client.http import json_object
 
 __all__ = [
     "BrokerLinkError",
@@ -89,12 +89,7 @@ class CertificateClient:
     def __enter__(self) -> CertificateClient:
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.close()
 
     def close(self) -> None:
@@ -137,9 +132,6 @@ def _detail(response: httpx.Response) -> str:
 
 def _json(response: httpx.Response) -> dict[str, Any]:
     try:
-        data = response.json()
-    except ValueError:
-        raise BrokerLinkError(f"broker sent non-JSON for {response.request.url.path}") from None
-    if not isinstance(data, dict):
-        raise BrokerLinkError(f"broker sent a non-object for {response.request.url.path}")
-    return data
+        return json_object(response)
+    except ValueError as exc:
+        raise BrokerLinkError(f"broker sent {exc} for {response.request.url.path}") from None

@@ -33,6 +33,7 @@ class GenericNetlinkWireGuard(Protocol):
     def set(
         self,
         interface: str,
+        *,
         listen_port: int | None = None,
         fwmark: int | None = None,
         private_key: str | None = None,

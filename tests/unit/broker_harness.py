@@ -121,6 +121,19 @@ class World:
     ids: dict[str, str] = field(default_factory=dict)
 
 
+def enroll_body(token: str, endpoint: str) -> dict[str, object]:
+    """An agent's enrollment request with a fresh CSR and WireGuard key."""
+    _, public = key_pair()
+    return {
+        "token": token,
+        "csr_pem": csr(),
+        "wg_public_key": public,
+        "interface": "ztb0",
+        "listen_port": 51820,
+        "endpoint": endpoint,
+    }
+
+
 @dataclass
 class Harness:
     client: httpx.AsyncClient
@@ -153,15 +166,7 @@ class Harness:
 
     async def enroll(self, admin: str, home: str, endpoint: str) -> AgentCert:
         minted = await self.ok("POST", f"/v1/homes/{home}/enroll-token", admin, json={})
-        _, public = key_pair()
-        body = {
-            "token": minted["token"],
-            "csr_pem": csr(),
-            "wg_public_key": public,
-            "interface": "ztb0",
-            "listen_port": 51820,
-            "endpoint": endpoint,
-        }
+        body = enroll_body(minted["token"], endpoint)
         response = await self.call("POST", "/v1/agent/enroll", json=body)
         assert response.status_code == 201, response.text
         answer = response.json()

@@ -146,15 +146,14 @@ class FakeNetlink:
     def info(self, interface: str) -> Iterable[Any]:
         return self.messages
 
-    def set(
-        self,
-        interface: str,
-        listen_port: int | None = None,
-        fwmark: int | None = None,
-        private_key: str | None = None,
-        peer: dict[str, Any] | None = None,
-    ) -> Any:
-        self.sets.append({"interface": interface, "peer": peer, "listen_port": listen_port})
+    def set(self, interface: str, **options: Any) -> Any:
+        self.sets.append(
+            {
+                "interface": interface,
+                "peer": options.get("peer"),
+                "listen_port": options.get("listen_port"),
+            }
+        )
 
 
 def _peer(key: str, ips: list[str], **extra: Any) -> FakeMessage:

@@ -7,11 +7,9 @@ import hashlib
 import hmac
 import json
 import subprocess
-import threading
 import time
 import uuid
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +20,7 @@ from broker.webhook_targets import WebhookTargets, parse_networks
 from ztb.wgkeys import key_pair
 
 from .broker_harness import Harness, anyio_backend, harness
+from .http_receiver import QuietHandler, serving
 
 __all__ = ["anyio_backend", "harness"]
 pytestmark = pytest.mark.anyio
@@ -41,7 +40,7 @@ async def test_health_ready_metrics_openapi(harness: Harness) -> None:
     assert "/v1/agent/state" in spec["paths"]
 
 
-class Receiver(BaseHTTPRequestHandler):
+class Receiver(QuietHandler):
     """Answers 500 to the first delivery (to exercise retries), then 204."""
 
     received: list[tuple[dict[str, str], bytes]] = []
@@ -57,21 +56,12 @@ class Receiver(BaseHTTPRequestHandler):
             self.send_response(204)
         self.end_headers()
 
-    def log_message(self, *args: Any) -> None:
-        pass
-
 
 @pytest.fixture
 def receiver() -> Iterator[str]:
     Receiver.received, Receiver.failures_left = [], 1
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/hook"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serving(Receiver) as url:
+        yield url
 
 
 async def test_webhooks_are_signed_and_retried(harness: Harness, receiver: str) -> None:

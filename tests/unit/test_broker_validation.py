@@ -11,7 +11,7 @@ from sqlalchemy import func, select
 from broker.db.models import AccessSession, AuditEvent, Device, Home
 from ztb.wgkeys import key_pair
 
-from .broker_harness import Harness, anyio_backend, csr, harness
+from .broker_harness import Harness, anyio_backend, enroll_body, harness
 
 __all__ = ["anyio_backend", "harness"]
 pytestmark = pytest.mark.anyio
@@ -262,15 +262,7 @@ async def test_enrollment_token_cannot_be_replayed(harness: Harness) -> None:
     h = harness
     w = await h.world()
     minted = await h.ok("POST", f"/v1/homes/{w.home_a}/enroll-token", w.admin, json={"ttl_s": 600})
-    _, public = key_pair()
-    body = {
-        "token": minted["token"],
-        "csr_pem": csr(),
-        "wg_public_key": public,
-        "interface": "ztb0",
-        "listen_port": 51820,
-        "endpoint": "203.0.113.10:51820",
-    }
+    body = enroll_body(minted["token"], "203.0.113.10:51820")
     assert (await h.call("POST", "/v1/agent/enroll", json=body)).status_code == 201
     replay = await h.call("POST", "/v1/agent/enroll", json=body)
     assert replay.status_code == 401 and "already used" in replay.json()["detail"]

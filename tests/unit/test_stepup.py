@@ -20,7 +20,7 @@ from sqlalchemy import select
 from broker.db.models import AuditEvent, Home
 from broker.webhooks import Delivery
 
-from .broker_harness import Harness, anyio_backend, harness
+from .broker_harness import Harness, World, anyio_backend, harness
 
 __all__ = ["anyio_backend", "harness"]
 pytestmark = pytest.mark.anyio
@@ -108,6 +108,15 @@ def capture_webhooks(h: Harness, monkeypatch: pytest.MonkeyPatch, home_id: str) 
     return sent
 
 
+async def owner_with_password(
+    h: Harness, monkeypatch: pytest.MonkeyPatch
+) -> tuple[World, list[Delivery]]:
+    """Home A's owner with a password (no TOTP), and what her home's webhook is sent."""
+    w = await h.world()
+    await h.ok("POST", "/v1/me/password", w.owner_a, json={"password": PASSWORD})
+    return w, capture_webhooks(h, monkeypatch, w.home_a)
+
+
 def audited(h: Harness, action: str) -> list[dict[str, Any]]:
     with h.broker.read() as db:
         rows = db.scalars(select(AuditEvent).where(AuditEvent.action == action))
@@ -159,9 +168,7 @@ async def test_auto_approve_everything_needs_the_password(
     harness: Harness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     h = harness
-    w = await h.world()
-    await h.ok("POST", "/v1/me/password", w.owner_a, json={"password": PASSWORD})
-    sent = capture_webhooks(h, monkeypatch, w.home_a)
+    w, sent = await owner_with_password(h, monkeypatch)
     policy = f"/v1/homes/{w.home_a}/policy"
 
     answer = await h.call("PUT", policy, w.owner_a, json=AUTO_APPROVE_EVERYTHING)
@@ -190,9 +197,7 @@ async def test_moving_the_webhook_needs_step_up_and_tells_the_old_one(
     harness: Harness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     h = harness
-    w = await h.world()
-    await h.ok("POST", "/v1/me/password", w.owner_a, json={"password": PASSWORD})
-    sent = capture_webhooks(h, monkeypatch, w.home_a)
+    w, sent = await owner_with_password(h, monkeypatch)
     silence = {"webhook_url": None}
     home = f"/v1/homes/{w.home_a}"
     assert (await h.call("PATCH", home, w.owner_a, json=silence)).status_code == 403

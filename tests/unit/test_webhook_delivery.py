@@ -3,23 +3,21 @@
 from __future__ import annotations
 
 import socket
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
 
 import pytest
 
 from broker.webhook_targets import WebhookTargets, parse_networks
 
 from .broker_harness import Harness, anyio_backend, harness
+from .http_receiver import QuietHandler, serving
 
 __all__ = ["anyio_backend", "harness"]
 pytestmark = pytest.mark.anyio
 
 
-class Arrivals(BaseHTTPRequestHandler):
+class Arrivals(QuietHandler):
     times: list[float] = []
 
     def do_POST(self) -> None:
@@ -28,21 +26,12 @@ class Arrivals(BaseHTTPRequestHandler):
         self.send_response(204)
         self.end_headers()
 
-    def log_message(self, *args: Any) -> None:
-        pass
-
 
 @pytest.fixture
 def receiver() -> Iterator[str]:
     Arrivals.times = []
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Arrivals)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/hook"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serving(Arrivals) as url:
+        yield url
 
 
 @pytest.fixture

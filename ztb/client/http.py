@@ -12,7 +12,6 @@ from __future__ import annotations
 import ssl
 from collections.abc import Iterator
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 from urllib.parse import quote
 
@@ -26,6 +25,17 @@ Json = dict[str, Any]
 default_transport: httpx.BaseTransport | None = None
 
 DEFAULT_TIMEOUT_S = 30.0
+
+
+def json_object(response: httpx.Response) -> dict[str, Any]:
+    """The body as a JSON object; ``ValueError`` saying what came instead (for both clients)."""
+    try:
+        data = response.json()
+    except ValueError:
+        raise ValueError("non-JSON") from None
+    if not isinstance(data, dict):
+        raise ValueError("a non-object")
+    return data
 
 
 class ClientError(Exception):
@@ -133,12 +143,7 @@ class ZtbClient:
     def __enter__(self) -> ZtbClient:
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.close()
 
     # -- transport -------------------------------------------------------------------------
@@ -182,12 +187,9 @@ class ZtbClient:
     ) -> Json:
         response = self._call(method, path, body=body, params=params)
         try:
-            data = response.json()
-        except ValueError:
-            raise ClientError(f"broker sent no JSON for {method} {path}") from None
-        if not isinstance(data, dict):
-            raise ClientError(f"broker sent unexpected JSON for {method} {path}")
-        return data
+            return json_object(response)
+        except ValueError as exc:
+            raise ClientError(f"broker sent {exc} for {method} {path}") from None
 
     def _items(self, path: str, key: str, params: dict[str, str] | None = None) -> list[Json]:
         items = self._json("GET", path, params=params).get(key, [])
